@@ -1,0 +1,116 @@
+#include "cli.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <iostream>
+
+#include "error.hpp"
+#include "io.hpp"
+#include "stream_format.hpp"
+
+namespace st::cli {
+
+namespace {
+std::string g_tool = "st-tools";
+bool g_quiet = false;
+}  // namespace
+
+const std::string& tool_name() { return g_tool; }
+void set_quiet(bool q) { g_quiet = q; }
+
+void warn(const std::string& message) {
+  if (g_quiet) return;
+  std::cout.flush();
+  std::cerr << g_tool << ": warning: " << message << '\n';
+}
+
+int run(const char* tool, const std::function<int()>& body) {
+  g_tool = tool;
+  ::signal(SIGPIPE, SIG_DFL);
+  int code;
+  try {
+    code = body();
+    std::cout.flush();
+    if (!std::cout) throw Error("error writing standard output");
+  } catch (const BrokenPipe&) {
+    return kDataError;  // the reader went away: nothing to say
+  } catch (const Error& e) {
+    std::cout.flush();
+    std::cerr << g_tool << ": " << e.what() << '\n';
+    if (e.kind() == ErrorKind::Usage) {
+      std::cerr << "Try '" << g_tool << " --help' for more information.\n";
+      return kUsageError;
+    }
+    return kDataError;
+  } catch (const std::bad_alloc&) {
+    std::cerr << g_tool << ": out of memory\n";
+    return kDataError;
+  } catch (const std::exception& e) {
+    std::cerr << g_tool << ": " << e.what() << '\n';
+    return kDataError;
+  }
+  if (std::fflush(stdout) != 0 || (::close(STDOUT_FILENO) != 0 && errno != EBADF)) {
+    std::cerr << g_tool << ": closing standard output failed: " << io::errno_text(errno) << '\n';
+    return kDataError;
+  }
+  return code;
+}
+
+cxxopts::Options make_options(const std::string& tool, const std::string& synopsis) {
+  cxxopts::Options o(tool, synopsis);
+  o.add_options()("h,help", "print this help and exit")("V,version", "print the version and exit")(
+      "q,quiet", "print no warnings (and no progress)");
+  o.set_width(100);
+  return o;
+}
+
+cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv) {
+  try {
+    auto r = o.parse(argc, argv);
+    set_quiet(r.count("quiet") > 0);
+    return r;
+  } catch (const cxxopts::exceptions::exception& e) {
+    usage_error(e.what());
+  }
+}
+
+bool handle_help_version(cxxopts::Options& o, const cxxopts::ParseResult& r, const std::string& extra) {
+  if (r.count("help")) {
+    std::cout << o.help() << extra
+              << "\nExit status: 0 success, 1 bad input or failure, 2 usage error.\n"
+              << "See the manual page " << g_tool << "(1).\n";
+    return true;
+  }
+  if (r.count("version")) {
+    std::cout << g_tool << " (st-tools) " << ST_VERSION << "\n"
+              << "stream format " << stream::kVersionMajor << "." << stream::kVersionMinor << "\n";
+    return true;
+  }
+  return false;
+}
+
+void add_progress_options(cxxopts::Options& o) {
+  o.add_options()("progress", "show progress on stderr even when it is not a terminal")(
+      "no-progress", "never show progress");
+}
+
+bool progress_enabled(const cxxopts::ParseResult& r) {
+  if (r.count("no-progress") || r.count("quiet")) return false;
+  if (r.count("progress")) return true;
+  return io::is_tty(STDERR_FILENO);
+}
+
+void refuse_binary_to_tty(bool force) {
+  if (!force && io::is_tty(STDOUT_FILENO))
+    usage_error("refusing to write a binary stream to a terminal; pipe it to another stage (or use -f)");
+}
+
+void refuse_tty_stdin() {
+  if (io::is_tty(STDIN_FILENO))
+    usage_error("standard input is a terminal; pipe a stream in, e.g. st-list FILE | " + g_tool);
+}
+
+}  // namespace st::cli

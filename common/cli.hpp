@@ -1,0 +1,41 @@
+// What every tool shares: the single exit point (errors -> messages and exit
+// codes), the standard options, TTY manners and warnings on stderr.
+#pragma once
+
+#include <cxxopts.hpp>
+#include <functional>
+#include <string>
+
+namespace st::cli {
+
+enum ExitCode { kOk = 0, kDataError = 1, kUsageError = 2 };
+
+// Runs body(); maps st::Error to "tool: message" on stderr and exit 1 (data)
+// or 2 (usage, followed by "Try 'tool --help'."); checks that stdout was
+// written out cleanly. Restores default SIGPIPE so a closed reader ends the
+// process quietly, as for any Unix filter.
+int run(const char* tool, const std::function<int()>& body);
+
+// Options every tool has: -h/--help, -V/--version, -q/--quiet.
+cxxopts::Options make_options(const std::string& tool, const std::string& synopsis);
+// Parses; a cxxopts error becomes a usage error.
+cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv);
+// Prints help or version if asked; returns true when the tool should exit 0.
+bool handle_help_version(cxxopts::Options& o, const cxxopts::ParseResult& r, const std::string& extra_help);
+
+// Adds --progress / --no-progress; progress_enabled() resolves the default
+// (stderr is a terminal) and --quiet.
+void add_progress_options(cxxopts::Options& o);
+bool progress_enabled(const cxxopts::ParseResult& r);
+
+// Binary output to a terminal is refused unless forced (-f).
+void refuse_binary_to_tty(bool force);
+// A stage that reads a stream refuses a terminal on stdin.
+void refuse_tty_stdin();
+
+// Warnings go to stderr as "tool: warning: ..." unless --quiet.
+void set_quiet(bool quiet);
+void warn(const std::string& message);
+const std::string& tool_name();
+
+}  // namespace st::cli

@@ -1,0 +1,168 @@
+#include "dequant.hpp"
+
+#include <algorithm>
+#include <unordered_map>
+
+#include "error.hpp"
+#include "json_util.hpp"
+
+namespace st::dequant {
+
+using stream::Event;
+using stream::ScaleLayout;
+using stream::ScalePairing;
+using stream::TensorInfo;
+
+void convert_chunk(const TensorInfo& w, const ScalePairing& pair, const std::vector<float>& scale,
+                   fp8::Target target, uint64_t first, const uint8_t* in, size_t n, uint8_t* out) {
+  const auto& lut = fp8::decode_table(w.dtype);
+  const size_t ob = fp8::target_bytes(target);
+  if (pair.scale.empty() || pair.layout == ScaleLayout::PerTensor) {
+    fp8::convert_run(lut, in, n, pair.scale.empty() ? 1.0f : scale.at(0), target, out);
+    return;
+  }
+  // Rank >= 2 from here: N columns per row, scale constant over runs.
+  const uint64_t cols = w.shape.back();
+  const uint64_t rows_per_matrix = w.shape[w.shape.size() - 2];
+  const uint64_t bm = pair.block_rows, bn = pair.block_cols;
+  const uint64_t grid_cols = pair.layout == ScaleLayout::Block ? (cols + bn - 1) / bn : 1;
+  const uint64_t grid_rows = pair.layout == ScaleLayout::Block ? (rows_per_matrix + bm - 1) / bm : 1;
+  size_t done = 0;
+  while (done < n) {
+    const uint64_t idx = first + done;
+    const uint64_t row = idx / cols, col = idx % cols;
+    uint64_t run_end = cols;  // end column of the run with one scale
+    uint64_t s;
+    if (pair.layout == ScaleLayout::PerRow) {
+      s = row;
+    } else {
+      const uint64_t matrix = row / rows_per_matrix, r = row % rows_per_matrix;
+      s = matrix * grid_rows * grid_cols + (r / bm) * grid_cols + col / bn;
+      run_end = std::min(cols, (col / bn + 1) * bn);
+    }
+    const size_t len = static_cast<size_t>(std::min<uint64_t>(run_end - col, n - done));
+    fp8::convert_run(lut, in + done, len, scale.at(s), target, out + done * ob);
+    done += len;
+  }
+}
+
+namespace {
+
+enum class Action { Pass, Convert, HoldScale, Drop };
+
+std::string name_list(const std::vector<std::string>& names) {
+  std::string s;
+  const size_t shown = std::min<size_t>(names.size(), 5);
+  for (size_t i = 0; i < shown; ++i) s += (i ? ", " : "") + names[i];
+  if (names.size() > shown) s += ", ... (" + std::to_string(names.size() - shown) + " more)";
+  return s;
+}
+
+}  // namespace
+
+Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const Warn& warn) {
+  const stream::Manifest& m = in.manifest();
+  stream::Matching mt;
+  if (m.matching && !opt.match.block) {
+    mt = *m.matching;
+    scales::validate(m, mt);
+  } else {
+    mt = scales::match(m.tensors, opt.match);
+  }
+  for (const auto& p : mt.problems)
+    if (scales::is_fatal(p)) fail("tensor " + json::quote(p.tensor) + ": " + p.detail);
+
+  const size_t n = m.tensors.size();
+  std::unordered_map<std::string, size_t> index;
+  for (size_t i = 0; i < n; ++i) index.emplace(m.tensors[i].name, i);
+  std::vector<Action> action(n, Action::Pass);
+  std::vector<long> pair_of(n, -1);       // Convert: index into mt.pairs
+  std::vector<long> scale_of(n, -1);      // Convert: input index of its scale
+  for (const auto& d : mt.drop) action[index.at(d)] = Action::Drop;
+  for (size_t k = 0; k < mt.pairs.size(); ++k) {
+    const auto& p = mt.pairs[k];
+    const size_t w = index.at(p.weight);
+    action[w] = Action::Convert;
+    pair_of[w] = static_cast<long>(k);
+    if (!p.scale.empty()) {
+      const size_t s = index.at(p.scale);
+      action[s] = Action::HoldScale;
+      scale_of[w] = static_cast<long>(s);
+      if (s > w)
+        fail("stream order: scale " + json::quote(p.scale) + " comes after its weight " + json::quote(p.weight) +
+             "; stages need scales first (st-list orders them so)");
+    }
+  }
+
+  Summary sum;
+  stream::Manifest om;
+  om.producer = std::string("st-dequant ") + ST_VERSION;
+  om.metadata = m.metadata;
+  std::vector<long> out_index(n, -1);
+  for (size_t i = 0; i < n; ++i) {
+    const TensorInfo& t = m.tensors[i];
+    if (action[i] == Action::Drop || action[i] == Action::HoldScale) {
+      ++sum.dropped;
+      continue;
+    }
+    TensorInfo o = t;
+    if (action[i] == Action::Convert) {
+      o.dtype = fp8::target_dtype(opt.target);
+      o.nbytes = t.nbytes * fp8::target_bytes(opt.target);
+      if (scale_of[i] < 0) sum.unscaled.push_back(t.name);
+      else ++sum.converted;
+    } else {
+      ++sum.passed;
+    }
+    out_index[i] = static_cast<long>(om.tensors.size());
+    om.tensors.push_back(std::move(o));
+  }
+  out.begin(om);
+
+  std::vector<std::vector<uint8_t>> held(n);   // raw bytes of scales being received
+  std::vector<std::vector<float>> decoded(n);  // their values once complete
+  std::vector<uint8_t> buf;
+  const size_t ob = fp8::target_bytes(opt.target);
+  for (;;) {
+    const Event ev = in.next();
+    if (ev.kind == Event::Kind::End) break;
+    const size_t i = ev.tensor;
+    if (ev.kind == Event::Kind::Data) {
+      switch (action[i]) {
+        case Action::Pass: out.data(static_cast<uint32_t>(out_index[i]), ev.data); break;
+        case Action::HoldScale: held[i].insert(held[i].end(), ev.data.begin(), ev.data.end()); break;
+        case Action::Drop: break;
+        case Action::Convert: {
+          buf.resize(ev.data.size() * ob);
+          static const std::vector<float> kNoScale;
+          const auto& scale = scale_of[i] >= 0 ? decoded[static_cast<size_t>(scale_of[i])] : kNoScale;
+          convert_chunk(m.tensors[i], mt.pairs[static_cast<size_t>(pair_of[i])], scale, opt.target, ev.offset,
+                        ev.data.data(), ev.data.size(), buf.data());
+          out.data(static_cast<uint32_t>(out_index[i]), buf);
+          break;
+        }
+      }
+    } else {  // TensorEnd
+      if (action[i] == Action::HoldScale) {
+        decoded[i] = fp8::decode_scales(m.tensors[i].dtype, held[i]);
+        std::vector<uint8_t>().swap(held[i]);
+      } else if (out_index[i] >= 0) {
+        out.end_tensor(static_cast<uint32_t>(out_index[i]));
+      }
+    }
+  }
+  out.finish();
+
+  if (!sum.unscaled.empty() && warn)
+    warn(std::to_string(sum.unscaled.size()) + " FP8 tensor(s) had no scale and were cast with scale 1: " +
+         name_list(sum.unscaled));
+  std::vector<std::string> orphans;
+  for (const auto& p : mt.problems)
+    if (p.kind == scales::kOrphanScale || p.kind == scales::kNonFp8Weight) orphans.push_back(p.tensor);
+  if (!orphans.empty() && warn)
+    warn(std::to_string(orphans.size()) + " scale-like tensor(s) used by no FP8 weight passed through unchanged: " +
+         name_list(orphans));
+  return sum;
+}
+
+}  // namespace st::dequant

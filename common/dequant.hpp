@@ -1,0 +1,40 @@
+// The st-dequant stage: FP8 weights become fp8_value * scale in BF16/F16/F32,
+// their scales and activation scales are dropped, everything else passes
+// through bit for bit.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "fp8.hpp"
+#include "scales.hpp"
+#include "stream.hpp"
+
+namespace st::dequant {
+
+struct Options {
+  fp8::Target target = fp8::Target::BF16;
+  scales::Options match;  // a given --block re-matches even when the stream has a pairing
+};
+
+struct Summary {
+  size_t converted = 0;               // FP8 tensors converted with a scale
+  std::vector<std::string> unscaled;  // FP8 tensors cast with scale 1
+  size_t dropped = 0;
+  size_t passed = 0;
+};
+
+using Warn = std::function<void(const std::string&)>;
+
+// The output manifest and per-tensor plan are decided from the input
+// manifest before any data is read; then data streams through chunk by chunk.
+Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const Warn& warn);
+
+// Dequantises `n` FP8 codes that start at element `first` of `weight`, using
+// the layout in `pair` and the decoded `scale` values; writes target bytes.
+void convert_chunk(const stream::TensorInfo& weight, const stream::ScalePairing& pair,
+                   const std::vector<float>& scale, fp8::Target target, uint64_t first,
+                   const uint8_t* in, size_t n, uint8_t* out);
+
+}  // namespace st::dequant

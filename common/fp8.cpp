@@ -1,0 +1,234 @@
+#include "fp8.hpp"
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "error.hpp"
+
+namespace st::fp8 {
+
+namespace {
+
+// Builds the decode table of a 1-sign/E-exponent/M-mantissa format from its
+// definition: normal (-1)^s (1 + m/2^M) 2^(e-bias), subnormal (e = 0)
+// (-1)^s (m/2^M) 2^(1-bias). The "fn" formats have no infinities; "fnuz"
+// ones have no negative zero (0x80 is their only NaN).
+struct Format {
+  int exp_bits;
+  int man_bits;
+  int bias;
+  bool has_inf;       // IEEE-style e5m2: all-ones exponent with m = 0 is inf
+  bool ieee_nan;      // all-ones exponent with m != 0 is NaN (e5m2)
+  bool fn_nan;        // only all-ones exponent and mantissa is NaN (e4m3fn)
+  bool fnuz;          // 0x80 is NaN, no negative zero, no inf
+};
+
+std::array<float, 256> build(const Format& f) {
+  std::array<float, 256> t{};
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const int emax = (1 << f.exp_bits) - 1;
+  const int mmax = (1 << f.man_bits) - 1;
+  for (int code = 0; code < 256; ++code) {
+    const int s = code >> 7;
+    const int e = (code >> f.man_bits) & emax;
+    const int m = code & mmax;
+    float v;
+    if (f.fnuz && code == 0x80) {
+      v = nan;
+    } else if (f.has_inf && e == emax && m == 0) {
+      v = std::numeric_limits<float>::infinity();
+    } else if (f.ieee_nan && e == emax) {
+      v = nan;
+    } else if (f.fn_nan && e == emax && m == mmax) {
+      v = nan;
+    } else if (e == 0) {
+      v = std::ldexp(static_cast<float>(m), 1 - f.bias - f.man_bits);
+    } else {
+      v = std::ldexp(static_cast<float>(m + (1 << f.man_bits)), e - f.bias - f.man_bits);
+    }
+    t[static_cast<size_t>(code)] = (s && !std::isnan(v)) ? -v : v;
+  }
+  return t;
+}
+
+std::array<float, 256> build_e8m0() {
+  std::array<float, 256> t{};
+  for (int e = 0; e < 255; ++e) t[static_cast<size_t>(e)] = std::ldexp(1.0f, e - 127);
+  t[255] = std::numeric_limits<float>::quiet_NaN();
+  return t;
+}
+
+const std::array<float, 256> kE4M3 = build({4, 3, 7, false, false, true, false});
+const std::array<float, 256> kE5M2 = build({5, 2, 15, true, true, false, false});
+const std::array<float, 256> kE4M3Fnuz = build({4, 3, 8, false, false, false, true});
+const std::array<float, 256> kE5M2Fnuz = build({5, 2, 16, false, false, false, true});
+const std::array<float, 256> kE8M0 = build_e8m0();
+
+template <typename T>
+void store_le(uint8_t* out, T v) {
+  static_assert(std::endian::native == std::endian::little || std::endian::native == std::endian::big);
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(out, &v, sizeof v);
+  } else {
+    for (size_t i = 0; i < sizeof v; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
+  }
+}
+
+}  // namespace
+
+std::optional<Target> target_from_name(std::string_view n) {
+  if (n == "bf16" || n == "BF16" || n == "bfloat16") return Target::BF16;
+  if (n == "f16" || n == "fp16" || n == "F16" || n == "float16") return Target::F16;
+  if (n == "f32" || n == "fp32" || n == "F32" || n == "float32") return Target::F32;
+  return std::nullopt;
+}
+
+Dtype target_dtype(Target t) {
+  switch (t) {
+    case Target::BF16: return Dtype::BF16;
+    case Target::F16: return Dtype::F16;
+    case Target::F32: return Dtype::F32;
+  }
+  return Dtype::BF16;
+}
+
+size_t target_bytes(Target t) { return t == Target::F32 ? 4 : 2; }
+
+std::string_view target_suffix(Target t) {
+  switch (t) {
+    case Target::BF16: return "bf16";
+    case Target::F16: return "f16";
+    case Target::F32: return "f32";
+  }
+  return "bf16";
+}
+
+const std::array<float, 256>& decode_table(Dtype d) {
+  switch (d) {
+    case Dtype::F8_E4M3: return kE4M3;
+    case Dtype::F8_E5M2: return kE5M2;
+    case Dtype::F8_E4M3FNUZ: return kE4M3Fnuz;
+    case Dtype::F8_E5M2FNUZ: return kE5M2Fnuz;
+    case Dtype::F8_E8M0: return kE8M0;
+    default: break;
+  }
+  throw Error("internal: no FP8 decode table for " + std::string(dtype_name(d)));
+}
+
+uint16_t f32_to_bf16(float f) {
+  uint32_t x = std::bit_cast<uint32_t>(f);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+  x += 0x7FFFu + ((x >> 16) & 1u);  // round to nearest, ties to even
+  return static_cast<uint16_t>(x >> 16);
+}
+
+uint16_t f32_to_f16(float f) {
+  const uint32_t x = std::bit_cast<uint32_t>(f);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t ax = x & 0x7FFFFFFFu;
+  if (ax > 0x7F800000u) return 0x7E00;                    // NaN
+  if (ax >= 0x47800000u) return sign | 0x7C00;            // >= 65536 (or inf): inf
+  if (ax <= 0x33000000u) return sign;                     // <= 2^-25: ties to even give 0
+  const uint32_t e = ax >> 23;
+  if (e < 113) {                                          // below 2^-14: F16 subnormal
+    const uint32_t m = (ax & 0x7FFFFFu) | 0x800000u;      // value = m * 2^(e-150)
+    const uint32_t shift = 126 - e;                       // in units of 2^-24
+    uint32_t q = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1);
+    const uint32_t half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (q & 1u))) ++q;
+    return static_cast<uint16_t>(sign | q);
+  }
+  uint32_t q = ((e - 112) << 10) | ((ax & 0x7FFFFFu) >> 13);
+  const uint32_t rem = ax & 0x1FFFu;
+  if (rem > 0x1000u || (rem == 0x1000u && (q & 1u))) ++q;  // a carry may reach inf: correct
+  return static_cast<uint16_t>(sign | q);
+}
+
+float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1Fu;
+  const uint32_t m = h & 0x3FFu;
+  if (e == 0x1F) return std::bit_cast<float>(sign | 0x7F800000u | (m << 13));
+  if (e == 0) {
+    const float v = std::ldexp(static_cast<float>(m), -24);
+    return sign ? -v : v;
+  }
+  return std::bit_cast<float>(sign | ((e + 112) << 23) | (m << 13));
+}
+
+float canonical_f32(float f) {
+  return std::isnan(f) ? std::bit_cast<float>(0x7FC00000u) : f;
+}
+
+bool is_scale_dtype(Dtype d) {
+  return d == Dtype::F32 || d == Dtype::BF16 || d == Dtype::F16 || d == Dtype::F8_E8M0;
+}
+
+std::vector<float> decode_scales(Dtype d, std::span<const uint8_t> b) {
+  std::vector<float> out;
+  switch (d) {
+    case Dtype::F32:
+      out.resize(b.size() / 4);
+      for (size_t i = 0; i < out.size(); ++i) {
+        uint32_t v = uint32_t{b[4 * i]} | uint32_t{b[4 * i + 1]} << 8 |
+                     uint32_t{b[4 * i + 2]} << 16 | uint32_t{b[4 * i + 3]} << 24;
+        out[i] = std::bit_cast<float>(v);
+      }
+      break;
+    case Dtype::BF16:
+    case Dtype::F16:
+      out.resize(b.size() / 2);
+      for (size_t i = 0; i < out.size(); ++i) {
+        const uint16_t v = static_cast<uint16_t>(b[2 * i] | b[2 * i + 1] << 8);
+        out[i] = d == Dtype::BF16 ? bf16_to_f32(v) : f16_to_f32(v);
+      }
+      break;
+    case Dtype::F8_E8M0: {
+      const auto& t = decode_table(d);
+      out.resize(b.size());
+      for (size_t i = 0; i < b.size(); ++i) out[i] = t[b[i]];
+      break;
+    }
+    default:
+      throw Error("a " + std::string(dtype_name(d)) + " tensor cannot be a scale");
+  }
+  return out;
+}
+
+void convert_run(const std::array<float, 256>& lut, const uint8_t* in, size_t n, float scale,
+                 Target t, uint8_t* out) {
+  // For long runs one product per code (256) is cheaper than one per element:
+  // the same function of the same inputs, so the bits are identical.
+  if (n >= 1024) {
+    if (t == Target::F32) {
+      std::array<uint32_t, 256> table;
+      for (size_t c = 0; c < 256; ++c) table[c] = std::bit_cast<uint32_t>(canonical_f32(lut[c] * scale));
+      for (size_t i = 0; i < n; ++i) store_le(out + 4 * i, table[in[i]]);
+    } else {
+      std::array<uint16_t, 256> table;
+      for (size_t c = 0; c < 256; ++c)
+        table[c] = t == Target::BF16 ? f32_to_bf16(lut[c] * scale) : f32_to_f16(lut[c] * scale);
+      for (size_t i = 0; i < n; ++i) store_le(out + 2 * i, table[in[i]]);
+    }
+    return;
+  }
+  switch (t) {
+    case Target::BF16:
+      for (size_t i = 0; i < n; ++i) store_le(out + 2 * i, f32_to_bf16(lut[in[i]] * scale));
+      break;
+    case Target::F16:
+      for (size_t i = 0; i < n; ++i) store_le(out + 2 * i, f32_to_f16(lut[in[i]] * scale));
+      break;
+    case Target::F32:
+      for (size_t i = 0; i < n; ++i)
+        store_le(out + 4 * i, std::bit_cast<uint32_t>(canonical_f32(lut[in[i]] * scale)));
+      break;
+  }
+}
+
+}  // namespace st::fp8

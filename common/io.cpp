@@ -1,0 +1,131 @@
+#include "io.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "error.hpp"
+
+namespace st::io {
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+size_t Source::read_full(void* buf, size_t n) {
+  auto* p = static_cast<uint8_t*>(buf);
+  size_t done = 0;
+  while (done < n) {
+    const size_t got = read_some(p + done, n - done);
+    if (got == 0) break;
+    done += got;
+  }
+  return done;
+}
+
+void Sink::write(const void* p, size_t n) {
+  struct iovec v{const_cast<void*>(p), n};
+  write(&v, 1);
+}
+
+size_t FdSource::read_some(void* buf, size_t n) {
+  for (;;) {
+    const ssize_t r = ::read(fd_, buf, n);
+    if (r >= 0) return static_cast<size_t>(r);
+    if (errno == EINTR) continue;
+    fail(name_ + ": read failed: " + errno_text(errno));
+  }
+}
+
+void FdSink::write(const struct iovec* iov_in, int count) {
+  // Copy the small iovec array so partial writes can advance it.
+  struct iovec local[8];
+  std::vector<struct iovec> heap;
+  struct iovec* iov = local;
+  if (count > 8) {
+    heap.assign(iov_in, iov_in + count);
+    iov = heap.data();
+  } else {
+    std::copy(iov_in, iov_in + count, local);
+  }
+  while (count > 0) {
+    if (iov->iov_len == 0) {
+      ++iov;
+      --count;
+      continue;
+    }
+    const ssize_t w = ::writev(fd_, iov, std::min(count, 1024));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EPIPE) throw BrokenPipe();
+      fail(name_ + ": write failed: " + errno_text(errno));
+    }
+    size_t left = static_cast<size_t>(w);
+    while (count > 0 && left >= iov->iov_len) {
+      left -= iov->iov_len;
+      ++iov;
+      --count;
+    }
+    if (count > 0) {
+      iov->iov_base = static_cast<uint8_t*>(iov->iov_base) + left;
+      iov->iov_len -= left;
+    }
+  }
+}
+
+size_t MemorySource::read_some(void* buf, size_t n) {
+  const size_t k = std::min({n, bytes_.size() - pos_, max_read_});
+  std::memcpy(buf, bytes_.data() + pos_, k);
+  pos_ += k;
+  return k;
+}
+
+void MemorySink::write(const struct iovec* iov, int count) {
+  for (int i = 0; i < count; ++i) {
+    const auto* p = static_cast<const uint8_t*>(iov[i].iov_base);
+    bytes.insert(bytes.end(), p, p + iov[i].iov_len);
+  }
+}
+
+InputFile::InputFile(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) fail(path + ": cannot open: " + errno_text(errno));
+  struct stat sb;
+  if (::fstat(fd_, &sb) != 0) {
+    const int err = errno;
+    ::close(fd_);
+    fail(path + ": cannot stat: " + errno_text(err));
+  }
+  if (S_ISDIR(sb.st_mode)) {
+    ::close(fd_);
+    fail(path + ": is a directory");
+  }
+  size_ = static_cast<uint64_t>(sb.st_size);
+#ifdef POSIX_FADV_SEQUENTIAL
+  ::posix_fadvise(fd_, 0, 0, POSIX_FADV_SEQUENTIAL);
+#endif
+}
+
+InputFile::~InputFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void InputFile::pread_exact(uint64_t offset, void* buf, size_t n) const {
+  auto* p = static_cast<uint8_t*>(buf);
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t r = ::pread(fd_, p + done, n - done, static_cast<off_t>(offset + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      fail(path_ + ": read failed: " + errno_text(errno));
+    }
+    if (r == 0) fail(path_ + ": file shrank while being read (is it being written?)");
+    done += static_cast<size_t>(r);
+  }
+}
+
+bool is_tty(int fd) { return ::isatty(fd) == 1; }
+
+}  // namespace st::io

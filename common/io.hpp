@@ -1,0 +1,99 @@
+// Byte sources and sinks over file descriptors (and memory, for tests), with
+// the EINTR/short-I/O loops every stage needs. "-" is stdin/stdout.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace st::io {
+
+// strerror(errno) as a string.
+std::string errno_text(int err);
+
+class Source {
+ public:
+  virtual ~Source() = default;
+  // Reads up to n bytes; returns 0 only at end of input.
+  virtual size_t read_some(void* buf, size_t n) = 0;
+  // Reads until n bytes or end of input; returns the count read.
+  size_t read_full(void* buf, size_t n);
+};
+
+class Sink {
+ public:
+  virtual ~Sink() = default;
+  // Writes all of the buffers, in order.
+  virtual void write(const struct iovec* iov, int count) = 0;
+  void write(const void* p, size_t n);
+};
+
+class FdSource : public Source {
+ public:
+  FdSource(int fd, std::string name) : fd_(fd), name_(std::move(name)) {}
+  size_t read_some(void* buf, size_t n) override;
+  const std::string& name() const { return name_; }
+
+ private:
+  int fd_;
+  std::string name_;
+};
+
+// EPIPE raises st::BrokenPipe (only seen when SIGPIPE is ignored, e.g. in
+// st-convert's threads); other errors raise st::Error naming the sink.
+class FdSink : public Sink {
+ public:
+  FdSink(int fd, std::string name) : fd_(fd), name_(std::move(name)) {}
+  void write(const struct iovec* iov, int count) override;
+  using Sink::write;
+
+ private:
+  int fd_;
+  std::string name_;
+};
+
+class MemorySource : public Source {
+ public:
+  explicit MemorySource(std::vector<uint8_t> bytes, size_t max_read = SIZE_MAX)
+      : bytes_(std::move(bytes)), max_read_(max_read) {}
+  size_t read_some(void* buf, size_t n) override;
+
+ private:
+  std::vector<uint8_t> bytes_;
+  size_t pos_ = 0;
+  size_t max_read_;
+};
+
+class MemorySink : public Sink {
+ public:
+  void write(const struct iovec* iov, int count) override;
+  using Sink::write;
+  std::vector<uint8_t> bytes;
+};
+
+// A regular file opened for positional reads. The size is taken once at open;
+// a read that comes up short later means the file changed under us.
+class InputFile {
+ public:
+  explicit InputFile(const std::string& path);
+  ~InputFile();
+  InputFile(const InputFile&) = delete;
+  InputFile& operator=(const InputFile&) = delete;
+
+  void pread_exact(uint64_t offset, void* buf, size_t n) const;
+  uint64_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+  int fd() const { return fd_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  uint64_t size_ = 0;
+};
+
+bool is_tty(int fd);
+
+}  // namespace st::io

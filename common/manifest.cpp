@@ -1,0 +1,261 @@
+#include "manifest.hpp"
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <unordered_set>
+
+#include "error.hpp"
+#include "json_util.hpp"
+#include "stream_format.hpp"
+
+namespace st::stream {
+
+namespace {
+
+using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
+using Value = rapidjson::Value;
+
+void put(Writer& w, std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
+void key(Writer& w, std::string_view s) { w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
+
+[[noreturn]] void bad(const std::string& what) { fail("invalid manifest: " + what); }
+
+const Value& member(const Value& obj, const char* name, const std::string& where) {
+  auto it = obj.FindMember(name);
+  if (it == obj.MemberEnd()) bad(where + " has no '" + name + "'");
+  return it->value;
+}
+
+std::string get_string(const Value& v, const std::string& what) {
+  if (!v.IsString()) bad(what + " is not a string");
+  return std::string(v.GetString(), v.GetStringLength());
+}
+
+uint64_t get_u64(const Value& v, const std::string& what) {
+  // Numbers are parsed as strings (kParseNumbersAsStringsFlag) to stay exact.
+  if (!v.IsString()) bad(what + " is not a number");
+  std::string why;
+  auto n = json::parse_u64(std::string_view(v.GetString(), v.GetStringLength()), &why);
+  if (!n) bad(what + " " + why);
+  return *n;
+}
+
+ScaleLayout layout_from(const std::string& s) {
+  if (s == "per-tensor") return ScaleLayout::PerTensor;
+  if (s == "per-row") return ScaleLayout::PerRow;
+  if (s == "block") return ScaleLayout::Block;
+  bad("unknown scale layout " + json::quote(s));
+}
+
+}  // namespace
+
+std::string_view layout_name(ScaleLayout l) {
+  switch (l) {
+    case ScaleLayout::PerTensor: return "per-tensor";
+    case ScaleLayout::PerRow: return "per-row";
+    case ScaleLayout::Block: return "block";
+  }
+  return "?";
+}
+
+long Manifest::find(const std::string& name) const {
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (tensors[i].name == name) return static_cast<long>(i);
+  return -1;
+}
+
+uint64_t Manifest::total_bytes() const {
+  uint64_t n = 0;
+  for (const auto& t : tensors) n += t.nbytes;
+  return n;
+}
+
+std::string encode_manifest(const Manifest& m) {
+  rapidjson::StringBuffer sb;
+  Writer w(sb);
+  w.StartObject();
+  key(w, "format");
+  put(w, "st-stream");
+  key(w, "version");
+  put(w, std::to_string(kVersionMajor) + "." + std::to_string(kVersionMinor));
+  key(w, "producer");
+  put(w, m.producer);
+  key(w, "metadata");
+  if (m.metadata) {
+    w.StartObject();
+    for (const auto& [k, v] : *m.metadata) {
+      key(w, k);
+      put(w, v);
+    }
+    w.EndObject();
+  } else {
+    w.Null();
+  }
+  key(w, "tensors");
+  w.StartArray();
+  for (const auto& t : m.tensors) {
+    w.StartObject();
+    key(w, "name");
+    put(w, t.name);
+    key(w, "dtype");
+    put(w, dtype_name(t.dtype));
+    key(w, "shape");
+    w.StartArray();
+    for (uint64_t d : t.shape) w.Uint64(d);
+    w.EndArray();
+    key(w, "nbytes");
+    w.Uint64(t.nbytes);
+    if (!t.source.empty()) {
+      key(w, "source");
+      put(w, t.source);
+    }
+    w.EndObject();
+  }
+  w.EndArray();
+  if (m.matching) {
+    const Matching& mt = *m.matching;
+    key(w, "matching");
+    w.StartObject();
+    key(w, "block");
+    w.StartArray();
+    w.Uint64(mt.block_rows);
+    w.Uint64(mt.block_cols);
+    w.EndArray();
+    key(w, "pairs");
+    w.StartArray();
+    for (const auto& p : mt.pairs) {
+      w.StartObject();
+      key(w, "weight");
+      put(w, p.weight);
+      if (!p.scale.empty()) {
+        key(w, "scale");
+        put(w, p.scale);
+        key(w, "layout");
+        put(w, layout_name(p.layout));
+        if (p.layout == ScaleLayout::Block) {
+          key(w, "block");
+          w.StartArray();
+          w.Uint64(p.block_rows);
+          w.Uint64(p.block_cols);
+          w.EndArray();
+        }
+      }
+      w.EndObject();
+    }
+    w.EndArray();
+    key(w, "drop");
+    w.StartArray();
+    for (const auto& d : mt.drop) put(w, d);
+    w.EndArray();
+    key(w, "problems");
+    w.StartArray();
+    for (const auto& p : mt.problems) {
+      w.StartObject();
+      key(w, "kind");
+      put(w, p.kind);
+      key(w, "tensor");
+      put(w, p.tensor);
+      key(w, "detail");
+      put(w, p.detail);
+      w.EndObject();
+    }
+    w.EndArray();
+    w.EndObject();
+  }
+  w.EndObject();
+  return std::string(sb.GetString(), sb.GetSize());
+}
+
+Manifest decode_manifest(std::string_view json) {
+  if (!json::valid_utf8(json)) bad("not valid UTF-8");
+  const std::string copy(json);
+  rapidjson::Document doc;
+  doc.Parse<rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseIterativeFlag |
+            rapidjson::kParseValidateEncodingFlag>(copy.c_str(), copy.size());
+  if (doc.HasParseError()) bad("not valid JSON (byte " + std::to_string(doc.GetErrorOffset()) + ")");
+  if (!doc.IsObject()) bad("not a JSON object");
+  if (get_string(member(doc, "format", "manifest"), "format") != "st-stream") bad("format is not 'st-stream'");
+
+  Manifest m;
+  m.producer = get_string(member(doc, "producer", "manifest"), "producer");
+  const Value& md = member(doc, "metadata", "manifest");
+  if (md.IsObject()) {
+    m.metadata.emplace();
+    for (auto it = md.MemberBegin(); it != md.MemberEnd(); ++it)
+      m.metadata->emplace_back(std::string(it->name.GetString(), it->name.GetStringLength()),
+                               get_string(it->value, "metadata value"));
+  } else if (!md.IsNull()) {
+    bad("metadata is neither an object nor null");
+  }
+
+  const Value& ts = member(doc, "tensors", "manifest");
+  if (!ts.IsArray()) bad("tensors is not an array");
+  std::unordered_set<std::string> names;
+  for (const Value& t : ts.GetArray()) {
+    if (!t.IsObject()) bad("a tensor entry is not an object");
+    TensorInfo info;
+    info.name = get_string(member(t, "name", "a tensor entry"), "tensor name");
+    const std::string where = "tensor " + json::quote(info.name);
+    if (!json::valid_utf8(info.name)) bad(where + ": name is not valid UTF-8");
+    if (!names.insert(info.name).second) bad("duplicate tensor name " + json::quote(info.name));
+    const std::string dn = get_string(member(t, "dtype", where), where + " dtype");
+    auto d = dtype_from_name(dn);
+    if (!d) bad(where + ": unknown dtype " + json::quote(dn));
+    info.dtype = *d;
+    const Value& shape = member(t, "shape", where);
+    if (!shape.IsArray()) bad(where + ": shape is not an array");
+    for (const Value& v : shape.GetArray()) info.shape.push_back(get_u64(v, where + " shape"));
+    info.nbytes = get_u64(member(t, "nbytes", where), where + " nbytes");
+    ByteSize size;
+    if (tensor_size(info.dtype, info.shape.data(), info.shape.size(), size) != SizeError::None ||
+        size.bytes != info.nbytes)
+      bad(where + ": nbytes does not match dtype and shape");
+    if (auto it = t.FindMember("source"); it != t.MemberEnd()) info.source = get_string(it->value, where + " source");
+    m.tensors.push_back(std::move(info));
+  }
+
+  if (auto it = doc.FindMember("matching"); it != doc.MemberEnd()) {
+    const Value& mv = it->value;
+    if (!mv.IsObject()) bad("matching is not an object");
+    Matching mt;
+    const Value& block = member(mv, "block", "matching");
+    if (!block.IsArray() || block.Size() != 2) bad("matching block is not [rows, cols]");
+    mt.block_rows = get_u64(block[0], "matching block");
+    mt.block_cols = get_u64(block[1], "matching block");
+    const Value& pairs = member(mv, "pairs", "matching");
+    if (!pairs.IsArray()) bad("matching pairs is not an array");
+    for (const Value& p : pairs.GetArray()) {
+      if (!p.IsObject()) bad("a matching pair is not an object");
+      ScalePairing sp;
+      sp.weight = get_string(member(p, "weight", "a matching pair"), "pair weight");
+      if (auto s = p.FindMember("scale"); s != p.MemberEnd()) {
+        sp.scale = get_string(s->value, "pair scale");
+        sp.layout = layout_from(get_string(member(p, "layout", "a matching pair"), "pair layout"));
+        if (sp.layout == ScaleLayout::Block) {
+          const Value& b = member(p, "block", "a block pair");
+          if (!b.IsArray() || b.Size() != 2) bad("pair block is not [rows, cols]");
+          sp.block_rows = get_u64(b[0], "pair block");
+          sp.block_cols = get_u64(b[1], "pair block");
+        }
+      }
+      mt.pairs.push_back(std::move(sp));
+    }
+    const Value& drop = member(mv, "drop", "matching");
+    if (!drop.IsArray()) bad("matching drop is not an array");
+    for (const Value& d : drop.GetArray()) mt.drop.push_back(get_string(d, "drop entry"));
+    const Value& probs = member(mv, "problems", "matching");
+    if (!probs.IsArray()) bad("matching problems is not an array");
+    for (const Value& p : probs.GetArray()) {
+      if (!p.IsObject()) bad("a problem is not an object");
+      mt.problems.push_back({get_string(member(p, "kind", "a problem"), "problem kind"),
+                             get_string(member(p, "tensor", "a problem"), "problem tensor"),
+                             get_string(member(p, "detail", "a problem"), "problem detail")});
+    }
+    m.matching = std::move(mt);
+  }
+  return m;
+}
+
+}  // namespace st::stream

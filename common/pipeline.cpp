@@ -1,0 +1,93 @@
+#include "pipeline.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <exception>
+#include <thread>
+
+#include "error.hpp"
+#include "output_file.hpp"
+#include "source.hpp"
+
+namespace st::pipeline {
+
+std::string default_output(const std::string& input, fp8::Target t) {
+  const std::string ext = ".safetensors";
+  std::string stem = input;
+  if (stem.size() > ext.size() && stem.compare(stem.size() - ext.size(), ext.size(), ext) == 0)
+    stem.resize(stem.size() - ext.size());
+  return stem + "-" + std::string(fp8::target_suffix(t)) + ext;
+}
+
+namespace {
+
+struct Pipe {
+  int r = -1, w = -1;
+  Pipe() {
+    int fds[2];
+    if (::pipe(fds) != 0) fail("cannot create a pipe");
+    r = fds[0];
+    w = fds[1];
+#ifdef F_SETPIPE_SZ
+    ::fcntl(w, F_SETPIPE_SZ, 1 << 20);  // best effort: fewer context switches
+#endif
+  }
+};
+
+// Runs f, closing the given fds afterwards (so the neighbours see EOF or
+// EPIPE), and keeps its exception.
+template <typename F>
+std::thread stage(std::exception_ptr& err, int fd_a, int fd_b, F f) {
+  return std::thread([&err, fd_a, fd_b, f]() {
+    try {
+      f();
+    } catch (...) {
+      err = std::current_exception();
+    }
+    if (fd_a >= 0) ::close(fd_a);
+    if (fd_b >= 0) ::close(fd_b);
+  });
+}
+
+}  // namespace
+
+void convert(const std::string& input, const dequant::Options& dq, const pack::Options& pk, const dequant::Warn& warn) {
+  if (pk.output != "-") io::check_output_path(pk.output, pk.overwrite);  // before reading gigabytes
+  const source::SafetensorsSource src(input);       // a bad header fails here, with nothing started
+  ::signal(SIGPIPE, SIG_IGN);  // a stage that dies must not kill the process: its error is reported
+  Pipe a, b;
+  std::exception_ptr e_list, e_dequant, e_pack;
+  std::thread t1 = stage(e_list, a.w, -1, [&] {
+    io::FdSink sink(a.w, "pipe");
+    src.write_stream(sink);
+  });
+  std::thread t2 = stage(e_dequant, a.r, b.w, [&] {
+    io::FdSource in(a.r, "st-list output");
+    io::FdSink sink(b.w, "pipe");
+    stream::Reader reader(in, "st-list output");
+    stream::Writer writer(sink);
+    dequant::run(reader, writer, dq, warn);
+  });
+  std::thread t3 = stage(e_pack, b.r, -1, [&] {
+    io::FdSource in(b.r, "st-dequant output");
+    stream::Reader reader(in, "st-dequant output");
+    pack::run(reader, pk);
+  });
+  t1.join();
+  t2.join();
+  t3.join();
+  // Report the first stage that failed for a reason of its own; the later
+  // ones only saw a cut stream, the earlier ones a closed pipe.
+  for (auto* e : {&e_list, &e_dequant, &e_pack}) {
+    if (!*e) continue;
+    try {
+      std::rethrow_exception(*e);
+    } catch (const BrokenPipe&) {
+      continue;
+    }
+  }
+}
+
+}  // namespace st::pipeline

@@ -1,0 +1,397 @@
+#include "safetensors.hpp"
+
+#include <rapidjson/reader.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_set>
+
+#include "error.hpp"
+#include "json_util.hpp"
+
+namespace st::safetensors {
+
+namespace {
+
+using json::quote;
+
+// SAX handler building a Header while enforcing the schema: one object whose
+// "__metadata__" is a string map (or null) and whose other keys are tensor
+// entries {dtype, shape, data_offsets} (unknown fields ignored, as the
+// reference does). Numbers arrive as raw text so they stay exact.
+class HeaderHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, HeaderHandler> {
+ public:
+  std::string error;
+  Header header;
+
+  bool Null() { return value_kind("null"); }
+  bool Bool(bool) { return value_kind("a boolean"); }
+  bool RawNumber(const char* s, rapidjson::SizeType n, bool) {
+    const std::string_view text(s, n);
+    if (state_ == State::Skip) return true;
+    if (state_ == State::ShapeArray || state_ == State::OffsetsArray) {
+      std::string why;
+      auto v = json::parse_u64(text, &why);
+      if (!v) return bad("tensor " + quote(name_) + ": " + field_name() + " value " +
+                         std::string(text) + " " + why);
+      if (state_ == State::ShapeArray) {
+        cur_.shape.push_back(*v);
+      } else {
+        if (offsets_seen_ == 2) return bad("tensor " + quote(name_) + ": data_offsets must have exactly 2 elements");
+        (offsets_seen_ == 0 ? cur_.begin : cur_.end) = *v;
+        ++offsets_seen_;
+      }
+      return true;
+    }
+    return value_kind("a number");
+  }
+  bool String(const char* s, rapidjson::SizeType n, bool) {
+    const std::string_view text(s, n);
+    if (!json::valid_utf8(text)) return bad("invalid UTF-8 (lone surrogate escape) in a string");
+    switch (state_) {
+      case State::Skip: return true;
+      case State::MetadataObject:
+        for (auto& kv : *header.metadata)
+          if (kv.first == key_) {  // duplicate metadata key: last wins, like the reference
+            kv.second = std::string(text);
+            return true;
+          }
+        header.metadata->emplace_back(key_, std::string(text));
+        return true;
+      case State::TensorObject:
+        if (field_ == Field::Dtype) {
+          auto d = dtype_from_name(text);
+          if (!d) return bad("tensor " + quote(name_) + ": unknown dtype " + quote(text));
+          cur_.dtype = *d;
+          return true;
+        }
+        break;
+      default: break;
+    }
+    return value_kind("a string");
+  }
+  bool Key(const char* s, rapidjson::SizeType n, bool) {
+    const std::string_view text(s, n);
+    if (!json::valid_utf8(text)) return bad("invalid UTF-8 (lone surrogate escape) in a key");
+    switch (state_) {
+      case State::Skip: return true;
+      case State::Root:
+        key_ = std::string(text);
+        return true;
+      case State::MetadataObject:
+        key_ = std::string(text);
+        return true;
+      case State::TensorObject: {
+        Field f = Field::Unknown;
+        if (text == "dtype") f = Field::Dtype;
+        else if (text == "shape") f = Field::Shape;
+        else if (text == "data_offsets") f = Field::Offsets;
+        if (f != Field::Unknown) {
+          const unsigned bit = 1u << static_cast<unsigned>(f);
+          if (fields_seen_ & bit) return bad("tensor " + quote(name_) + ": duplicate field " + quote(text));
+          fields_seen_ |= bit;
+        }
+        field_ = f;
+        return true;
+      }
+      default: return bad("unexpected key");
+    }
+  }
+  bool StartObject() {
+    if (++depth_ > kMaxJsonDepth) return bad("JSON nested more than 127 levels deep");
+    switch (state_) {
+      case State::Start:
+        state_ = State::Root;
+        return true;
+      case State::Skip:
+        ++skip_depth_;
+        return true;
+      case State::Root:
+        if (key_ == "__metadata__") {
+          if (metadata_seen_) return bad("duplicate field '__metadata__'");
+          metadata_seen_ = true;
+          header.metadata.emplace();
+          state_ = State::MetadataObject;
+          return true;
+        }
+        if (!names_.insert(key_).second) return bad("duplicate tensor name " + quote(key_));
+        name_ = key_;
+        cur_ = TensorEntry{};
+        cur_.name = key_;
+        fields_seen_ = 0;
+        offsets_seen_ = 0;
+        state_ = State::TensorObject;
+        return true;
+      case State::TensorObject:
+        if (field_ == Field::Unknown) return start_skip();
+        break;
+      default: break;
+    }
+    return value_kind("an object");
+  }
+  bool EndObject(rapidjson::SizeType) {
+    --depth_;
+    switch (state_) {
+      case State::Skip: return end_skip();
+      case State::MetadataObject: state_ = State::Root; return true;
+      case State::TensorObject:
+        for (Field f : {Field::Dtype, Field::Shape, Field::Offsets})
+          if (!(fields_seen_ & (1u << static_cast<unsigned>(f)))) {
+            field_ = f;
+            return bad("tensor " + quote(name_) + ": missing field '" + field_name() + "'");
+          }
+        header.tensors.push_back(std::move(cur_));
+        state_ = State::Root;
+        return true;
+      case State::Root: state_ = State::Done; return true;
+      default: return bad("unexpected end of object");
+    }
+  }
+  bool StartArray() {
+    if (++depth_ > kMaxJsonDepth) return bad("JSON nested more than 127 levels deep");
+    if (state_ == State::Skip) {
+      ++skip_depth_;
+      return true;
+    }
+    if (state_ == State::TensorObject) {
+      if (field_ == Field::Shape) {
+        state_ = State::ShapeArray;
+        return true;
+      }
+      if (field_ == Field::Offsets) {
+        state_ = State::OffsetsArray;
+        return true;
+      }
+      if (field_ == Field::Unknown) return start_skip();
+    }
+    return value_kind("an array");
+  }
+  bool EndArray(rapidjson::SizeType) {
+    --depth_;
+    if (state_ == State::Skip) return end_skip();
+    if (state_ == State::OffsetsArray && offsets_seen_ != 2)
+      return bad("tensor " + quote(name_) + ": data_offsets must have exactly 2 elements");
+    state_ = State::TensorObject;
+    return true;
+  }
+
+ private:
+  enum class State { Start, Root, MetadataObject, TensorObject, ShapeArray, OffsetsArray, Skip, Done };
+  enum class Field : unsigned { Dtype = 0, Shape = 1, Offsets = 2, Unknown = 3 };
+
+  bool bad(std::string msg) {
+    if (error.empty()) error = std::move(msg);
+    return false;
+  }
+  std::string field_name() const {
+    switch (field_) {
+      case Field::Dtype: return "dtype";
+      case Field::Shape: return "shape";
+      case Field::Offsets: return "data_offsets";
+      default: return "?";
+    }
+  }
+  bool start_skip() {
+    resume_ = state_;
+    state_ = State::Skip;
+    skip_depth_ = 1;
+    return true;
+  }
+  bool end_skip() {
+    if (--skip_depth_ == 0) state_ = resume_;
+    return true;
+  }
+  // A scalar or container where the schema wants something else.
+  bool value_kind(const char* what) {
+    switch (state_) {
+      case State::Skip: return true;
+      case State::Start: return bad(std::string("header is ") + what + ", not a JSON object");
+      case State::Root:
+        if (key_ == "__metadata__") {
+          if (metadata_seen_) return bad("duplicate field '__metadata__'");
+          metadata_seen_ = true;
+          if (std::strcmp(what, "null") == 0) return true;  // null is the same as absent
+          return bad(std::string("__metadata__ is ") + what + ", not an object of strings");
+        }
+        return bad("entry for tensor " + quote(key_) + " is " + what + ", not an object");
+      case State::MetadataObject:
+        return bad("__metadata__ value for " + quote(key_) + " is " + what + ", not a string");
+      case State::TensorObject:
+        if (field_ == Field::Unknown) return true;  // unknown scalar field: ignored
+        return bad("tensor " + quote(name_) + ": " + field_name() + " is " + what +
+                   (field_ == Field::Dtype ? ", not a string" : ", not an array of integers"));
+      case State::ShapeArray:
+      case State::OffsetsArray:
+        return bad("tensor " + quote(name_) + ": " + field_name() + " contains " + what +
+                   ", not an integer");
+      default: return bad("unexpected value");
+    }
+  }
+
+  State state_ = State::Start;
+  State resume_ = State::Root;
+  Field field_ = Field::Unknown;
+  int depth_ = 0;
+  int skip_depth_ = 0;
+  unsigned fields_seen_ = 0;
+  int offsets_seen_ = 0;
+  bool metadata_seen_ = false;
+  std::string key_;
+  std::string name_;
+  TensorEntry cur_;
+  std::unordered_set<std::string> names_;
+};
+
+std::string shape_text(const std::vector<uint64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ",";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+}  // namespace
+
+Header parse_header(std::span<const uint8_t> bytes, uint64_t file_size) {
+  const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  if (!json::valid_utf8(text)) fail("header is not valid UTF-8");
+  // RapidJSON reads NUL-terminated input; a raw NUL can only be invalid JSON
+  // here (it is neither whitespace nor allowed unescaped inside a string).
+  if (text.find('\0') != std::string_view::npos) fail("header contains a NUL byte (not JSON)");
+  const std::string copy(text);
+  rapidjson::StringStream stream(copy.c_str());
+  rapidjson::Reader reader;
+  HeaderHandler handler;
+  constexpr unsigned kFlags = rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag |
+                              rapidjson::kParseValidateEncodingFlag;
+  if (!reader.Parse<kFlags>(stream, handler)) {
+    if (!handler.error.empty()) fail("invalid header: " + handler.error);
+    const auto code = reader.GetParseErrorCode();
+    const size_t at = reader.GetErrorOffset();
+    std::string what;
+    switch (code) {
+      case rapidjson::kParseErrorDocumentEmpty: what = "header is empty (no JSON object)"; break;
+      case rapidjson::kParseErrorDocumentRootNotSingular:
+        what = "trailing characters after the JSON object (only spaces, tabs and newlines may pad it)";
+        break;
+      default: what = "invalid JSON at byte " + std::to_string(at); break;
+    }
+    fail("invalid header: " + what);
+  }
+
+  Header h = std::move(handler.header);
+  h.data_start = 8 + bytes.size();
+  h.data_size = file_size - h.data_start;
+
+  // Data order, then the reference's contiguity walk.
+  std::stable_sort(h.tensors.begin(), h.tensors.end(), [](const TensorEntry& a, const TensorEntry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t cursor = 0;
+  for (const auto& t : h.tensors) {
+    if (t.begin != cursor || t.end < t.begin)
+      fail("tensor " + quote(t.name) + ": data_offsets [" + std::to_string(t.begin) + "," +
+           std::to_string(t.end) + "] " +
+           (t.end < t.begin ? "are reversed" : t.begin < cursor ? "overlap the previous tensor"
+                                                                : "leave a hole before this tensor") +
+           " (expected to start at " + std::to_string(cursor) + ")");
+    ByteSize size;
+    switch (tensor_size(t.dtype, t.shape.data(), t.shape.size(), size)) {
+      case SizeError::Overflow:
+        fail("tensor " + quote(t.name) + ": shape " + shape_text(t.shape) + " overflows 64 bits");
+      case SizeError::Misaligned:
+        fail("tensor " + quote(t.name) + ": " + std::string(dtype_name(t.dtype)) + " shape " +
+             shape_text(t.shape) + " is not a whole number of bytes");
+      case SizeError::None: break;
+    }
+    if (t.end - t.begin != size.bytes)
+      fail("tensor " + quote(t.name) + ": data_offsets cover " + std::to_string(t.end - t.begin) +
+           " bytes but " + std::string(dtype_name(t.dtype)) + " " + shape_text(t.shape) + " needs " +
+           std::to_string(size.bytes));
+    cursor = t.end;
+  }
+  if (cursor != h.data_size)
+    fail("tensors cover " + std::to_string(cursor) + " data bytes but the file has " +
+         std::to_string(h.data_size) +
+         (h.data_size < cursor ? " (file truncated?)" : " (trailing bytes after the last tensor)"));
+  return h;
+}
+
+Header read_header(const io::InputFile& file) {
+  const uint64_t size = file.size();
+  try {
+    if (size < 8) fail("file too small to be safetensors (" + std::to_string(size) + " bytes, need at least 8)");
+    uint8_t len_bytes[8];
+    file.pread_exact(0, len_bytes, 8);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | len_bytes[i];
+    if (n > kMaxHeaderBytes)
+      fail("header length " + std::to_string(n) + " exceeds the 100000000-byte limit (not a safetensors file?)");
+    if (8 + n > size)
+      fail("header length " + std::to_string(n) + " runs past the end of the " + std::to_string(size) +
+           "-byte file (truncated?)");
+    std::vector<uint8_t> json(n);
+    file.pread_exact(8, json.data(), n);
+    return parse_header(json, size);
+  } catch (const BrokenPipe&) {
+    throw;
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    if (msg.rfind(file.path() + ":", 0) == 0) throw;
+    fail(file.path() + ": " + msg);
+  }
+}
+
+void sort_reference_order(std::vector<TensorEntry>& tensors) {
+  std::stable_sort(tensors.begin(), tensors.end(), [](const TensorEntry& a, const TensorEntry& b) {
+    if (a.dtype != b.dtype) return a.dtype > b.dtype;
+    return a.name < b.name;  // std::string compares bytes as unsigned char
+  });
+}
+
+std::vector<uint8_t> serialize_header(const std::optional<Metadata>& metadata,
+                                      const std::vector<TensorEntry>& tensors) {
+  rapidjson::StringBuffer sb;
+  rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+  w.StartObject();
+  if (metadata) {
+    w.Key("__metadata__");
+    w.StartObject();
+    for (const auto& [k, v] : *metadata) {
+      w.Key(k.data(), static_cast<rapidjson::SizeType>(k.size()));
+      w.String(v.data(), static_cast<rapidjson::SizeType>(v.size()));
+    }
+    w.EndObject();
+  }
+  for (const auto& t : tensors) {
+    w.Key(t.name.data(), static_cast<rapidjson::SizeType>(t.name.size()));
+    w.StartObject();
+    w.Key("dtype");
+    const auto dn = dtype_name(t.dtype);
+    w.String(dn.data(), static_cast<rapidjson::SizeType>(dn.size()));
+    w.Key("shape");
+    w.StartArray();
+    for (uint64_t d : t.shape) w.Uint64(d);
+    w.EndArray();
+    w.Key("data_offsets");
+    w.StartArray();
+    w.Uint64(t.begin);
+    w.Uint64(t.end);
+    w.EndArray();
+    w.EndObject();
+  }
+  w.EndObject();
+  std::string json(sb.GetString(), sb.GetSize());
+  while ((8 + json.size()) % 8 != 0) json.push_back(' ');
+  if (json.size() > kMaxHeaderBytes) fail("output header would exceed the 100000000-byte limit");
+  std::vector<uint8_t> out(8 + json.size());
+  uint64_t n = json.size();
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<uint8_t>(n >> (8 * i));
+  std::memcpy(out.data() + 8, json.data(), json.size());
+  return out;
+}
+
+}  // namespace st::safetensors

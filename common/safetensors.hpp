@@ -1,0 +1,58 @@
+// The .safetensors file format: a strict header reader that follows the
+// reference implementation's validation order (8-byte LE length, <= 1e8
+// header bytes, strict UTF-8, strict JSON with exact u64 numbers, contiguous
+// data_offsets covering the data section exactly), and the header writer.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dtype.hpp"
+#include "io.hpp"
+
+namespace st::safetensors {
+
+inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // reference MAX_HEADER_SIZE (inclusive)
+inline constexpr int kMaxJsonDepth = 127;                 // serde_json's recursion limit of 128
+
+// Metadata keeps the source order so output is deterministic.
+using Metadata = std::vector<std::pair<std::string, std::string>>;
+
+struct TensorEntry {
+  std::string name;
+  Dtype dtype = Dtype::U8;
+  std::vector<uint64_t> shape;
+  uint64_t begin = 0;  // relative to the data section
+  uint64_t end = 0;
+  uint64_t nbytes() const { return end - begin; }
+};
+
+struct Header {
+  std::optional<Metadata> metadata;  // absent and JSON null are the same
+  std::vector<TensorEntry> tensors;  // in data (offset) order
+  uint64_t data_start = 0;           // 8 + N
+  uint64_t data_size = 0;
+};
+
+// Parses and validates a header. `file_size` is the whole file's size.
+// Throws st::Error with a message that does not name the file.
+Header parse_header(std::span<const uint8_t> header_json, uint64_t file_size);
+
+// Reads the length prefix and header from a file and validates them;
+// error messages start with the file's path.
+Header read_header(const io::InputFile& file);
+
+// The exact bytes of a header (8-byte length + JSON padded with spaces so the
+// data starts at a multiple of 8), for tensors laid out in the given order.
+// `tensors[i].begin/end` must already be assigned.
+std::vector<uint8_t> serialize_header(const std::optional<Metadata>& metadata,
+                                      const std::vector<TensorEntry>& tensors);
+
+// The reference writer's data order: descending dtype enum, then name bytes.
+void sort_reference_order(std::vector<TensorEntry>& tensors);
+
+}  // namespace st::safetensors

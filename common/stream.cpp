@@ -1,0 +1,307 @@
+#include "stream.hpp"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "error.hpp"
+
+namespace st::stream {
+
+namespace {
+
+void put_u16(uint8_t* p, uint16_t v) {
+  p[0] = static_cast<uint8_t>(v);
+  p[1] = static_cast<uint8_t>(v >> 8);
+}
+void put_u32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+void put_u64(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint16_t get_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
+uint32_t get_u32(const uint8_t* p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+uint64_t get_u64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+constexpr uint8_t kZeros[kAlign] = {};
+
+size_t padding_for(uint64_t len) { return static_cast<size_t>((kAlign - len % kAlign) % kAlign); }
+
+// An XXH3 state that frees itself.
+struct Xxh3 {
+  XXH3_state_t* s = XXH3_createState();
+  Xxh3() {
+    if (!s) throw std::bad_alloc();
+    XXH3_64bits_reset(s);
+  }
+  ~Xxh3() { XXH3_freeState(s); }
+  Xxh3(const Xxh3&) = delete;
+  Xxh3& operator=(const Xxh3&) = delete;
+  void reset() { XXH3_64bits_reset(s); }
+  void update(const void* p, size_t n) { XXH3_64bits_update(s, p, n); }
+  uint64_t digest() const { return XXH3_64bits_digest(s); }
+};
+
+}  // namespace
+
+struct Writer::Hashes {
+  Xxh3 frame, tensor, combined;
+};
+struct Reader::Hashes {
+  Xxh3 frame, tensor, combined;
+};
+
+// ---------------------------------------------------------------- Writer
+
+Writer::Writer(io::Sink& sink, size_t chunk_bytes)
+    : sink_(sink), chunk_bytes_(std::clamp<size_t>(chunk_bytes, 1, kMaxChunkBytes)), h_(new Hashes) {}
+Writer::~Writer() = default;
+
+void Writer::frame(uint32_t type, const struct iovec* parts, int count) {
+  uint64_t len = 0;
+  for (int i = 0; i < count; ++i) len += parts[i].iov_len;
+  uint8_t hdr[kFrameHeaderBytes];
+  put_u32(hdr, type);
+  put_u32(hdr + 4, 0);
+  put_u64(hdr + 8, len);
+  h_->frame.reset();
+  h_->frame.update(hdr, 16);
+  for (int i = 0; i < count; ++i) h_->frame.update(parts[i].iov_base, parts[i].iov_len);
+  put_u64(hdr + 16, h_->frame.digest());
+  struct iovec v[6];
+  int n = 0;
+  v[n++] = {hdr, sizeof hdr};
+  for (int i = 0; i < count; ++i) v[n++] = parts[i];
+  v[n++] = {const_cast<uint8_t*>(kZeros), padding_for(len)};
+  sink_.write(v, n);
+  ++frames_;
+}
+
+void Writer::begin(const Manifest& m) {
+  uint8_t pre[kPreambleBytes] = {};
+  std::memcpy(pre, kMagic, 8);
+  put_u16(pre + 8, kVersionMajor);
+  put_u16(pre + 10, kVersionMinor);
+  put_u64(pre + 16, XXH3_64bits(pre, 16));
+  sink_.write(pre, sizeof pre);
+  const std::string json = encode_manifest(m);
+  if (json.size() > kMaxManifestBytes) fail("manifest too large for the stream format (" + std::to_string(json.size()) + " bytes)");
+  struct iovec v{const_cast<char*>(json.data()), json.size()};
+  frame(kFrameManifest, &v, 1);
+  sizes_.clear();
+  for (const auto& t : m.tensors) sizes_.push_back(t.nbytes);
+  current_ = 0;
+  offset_ = 0;
+  h_->tensor.reset();
+  h_->combined.reset();
+}
+
+void Writer::data(uint32_t index, std::span<const uint8_t> bytes) {
+  if (index != current_ || index >= sizes_.size()) throw Error("internal: stream data out of order");
+  if (bytes.size() > sizes_[index] - offset_) throw Error("internal: stream data larger than its tensor");
+  while (!bytes.empty()) {
+    const size_t n = std::min(bytes.size(), chunk_bytes_);
+    uint8_t sub[kDataSubheaderBytes] = {};
+    put_u32(sub, index);
+    put_u64(sub + 8, offset_);
+    struct iovec v[2] = {{sub, sizeof sub}, {const_cast<uint8_t*>(bytes.data()), n}};
+    frame(kFrameData, v, 2);
+    h_->tensor.update(bytes.data(), n);
+    offset_ += n;
+    data_bytes_ += n;
+    bytes = bytes.subspan(n);
+  }
+}
+
+void Writer::end_tensor(uint32_t index) {
+  if (index != current_ || index >= sizes_.size() || offset_ != sizes_[index])
+    throw Error("internal: tensor ended before all its data was written");
+  uint8_t p[kTensorEndBytes] = {};
+  put_u32(p, index);
+  put_u64(p + 8, sizes_[index]);
+  const uint64_t hash = h_->tensor.digest();
+  put_u64(p + 16, hash);
+  struct iovec v{p, sizeof p};
+  frame(kFrameTensorEnd, &v, 1);
+  uint8_t le[8];
+  put_u64(le, hash);
+  h_->combined.update(le, 8);
+  h_->tensor.reset();
+  ++current_;
+  offset_ = 0;
+}
+
+void Writer::finish() {
+  if (current_ != sizes_.size()) throw Error("internal: stream finished before all tensors");
+  uint8_t p[kEndBytes];
+  put_u64(p, sizes_.size());
+  put_u64(p + 8, data_bytes_);
+  put_u64(p + 16, frames_);  // frames before END, after the preamble
+  put_u64(p + 24, h_->combined.digest());
+  struct iovec v{p, sizeof p};
+  frame(kFrameEnd, &v, 1);
+}
+
+// ---------------------------------------------------------------- Reader
+
+bool looks_like_safetensors(std::span<const uint8_t> b) {
+  if (b.size() < 9) return false;
+  const uint64_t n = get_u64(b.data());
+  if (n == 0 || n > 100'000'000) return false;
+  for (size_t i = 8; i < b.size(); ++i) {
+    const uint8_t c = b[i];
+    if (c == '{') return true;
+    if (c != ' ' && c != '\t' && c != '\n' && c != '\r') return false;
+  }
+  return false;
+}
+
+Reader::Reader(io::Source& src, std::string name) : src_(src), name_(std::move(name)), h_(new Hashes) {
+  uint8_t pre[kPreambleBytes];
+  const size_t got = src_.read_full(pre, sizeof pre);
+  if (got == 0) corrupt("empty input: no stream (did the previous stage fail?)");
+  if (got < 8 || std::memcmp(pre, kMagic, 8) != 0) {
+    if (looks_like_safetensors({pre, got}))
+      corrupt("this is a safetensors file, not an st-stream; read it with st-list FILE");
+    corrupt("not an st-stream (bad magic number)");
+  }
+  if (got < sizeof pre) corrupt("stream truncated inside the preamble");
+  const uint16_t major = get_u16(pre + 8), minor = get_u16(pre + 10);
+  if (XXH3_64bits(pre, 16) != get_u64(pre + 16)) corrupt("preamble checksum mismatch");
+  if (major != kVersionMajor)
+    corrupt("stream version " + std::to_string(major) + "." + std::to_string(minor) +
+            " is not supported (this tool reads version 1.x)");
+  if (get_u32(pre + 12) != 0) corrupt("reserved preamble bytes are not zero");
+  next_pos_ = sizeof pre;
+  if (read_frame() != kFrameManifest) corrupt("the first frame is not the manifest");
+  try {
+    manifest_ = decode_manifest(std::string_view(reinterpret_cast<const char*>(buf_.data()), payload_len_));
+  } catch (const Error& e) {
+    corrupt(e.what());
+  }
+}
+
+Reader::~Reader() = default;
+
+void Reader::corrupt(const std::string& what) const {
+  std::string where = name_ + ": ";
+  if (frame_no_ > 0) where += "frame " + std::to_string(frame_no_) + " at byte " + std::to_string(pos_) + ": ";
+  fail(where + what);
+}
+
+uint32_t Reader::read_frame() {
+  for (;;) {
+    uint8_t hdr[kFrameHeaderBytes];
+    pos_ = next_pos_;  // messages about this frame point at its start
+    ++frame_no_;
+    const size_t got = src_.read_full(hdr, sizeof hdr);
+    if (got == 0) corrupt("stream truncated: it ends without an END frame (did the previous stage fail?)");
+    if (got < sizeof hdr) corrupt("stream truncated inside a frame header");
+    const uint32_t type = get_u32(hdr);
+    const uint32_t flags = get_u32(hdr + 4);
+    const uint64_t len = get_u64(hdr + 8);
+    uint64_t limit = 0;
+    switch (type) {
+      case kFrameManifest: limit = kMaxManifestBytes; break;
+      case kFrameData: limit = kDataSubheaderBytes + kMaxChunkBytes; break;
+      case kFrameTensorEnd: limit = kTensorEndBytes; break;
+      case kFrameEnd: limit = kEndBytes; break;
+      default:
+        if (type < kFirstSkippableType) corrupt("unknown frame type " + std::to_string(type) + " (corrupt stream?)");
+        limit = kMaxSkippableBytes;
+    }
+    if (len > limit) corrupt("frame length " + std::to_string(len) + " exceeds the limit of " + std::to_string(limit));
+    if (flags != 0) corrupt("reserved frame flags are not zero (corrupt stream?)");
+    const size_t pad = padding_for(len);
+    buf_.resize(static_cast<size_t>(len) + pad);
+    if (src_.read_full(buf_.data(), buf_.size()) != buf_.size()) corrupt("stream truncated inside a frame");
+    for (size_t i = 0; i < pad; ++i)
+      if (buf_[len + i] != 0) corrupt("frame padding is not zero");
+    h_->frame.reset();
+    h_->frame.update(hdr, 16);
+    h_->frame.update(buf_.data(), len);
+    if (h_->frame.digest() != get_u64(hdr + 16)) corrupt("frame checksum mismatch (corrupt stream)");
+    payload_len_ = len;
+    next_pos_ = pos_ + sizeof hdr + buf_.size();
+    if (type >= kFirstSkippableType) continue;  // extension frames: checked, then ignored
+    return type;
+  }
+}
+
+Event Reader::next() {
+  if (ended_) throw Error("internal: read past the END frame");
+  const uint32_t type = read_frame();
+  const auto& ts = manifest_.tensors;
+  Event ev;
+  switch (type) {
+    case kFrameData: {
+      if (payload_len_ <= kDataSubheaderBytes) corrupt("DATA frame without data");
+      const uint32_t index = get_u32(buf_.data());
+      const uint64_t offset = get_u64(buf_.data() + 8);
+      const uint64_t n = payload_len_ - kDataSubheaderBytes;
+      if (get_u32(buf_.data() + 4) != 0) corrupt("reserved DATA bytes are not zero");
+      if (current_ >= ts.size() || index != current_)
+        corrupt("DATA for tensor #" + std::to_string(index) + " where tensor #" + std::to_string(current_) + " was due");
+      if (offset != received_) corrupt("DATA offset " + std::to_string(offset) + " where " + std::to_string(received_) + " was due");
+      if (n > ts[index].nbytes - received_) corrupt("more data than tensor '" + ts[index].name + "' holds");
+      h_->tensor.update(buf_.data() + kDataSubheaderBytes, n);
+      received_ += n;
+      data_bytes_ += n;
+      ev.kind = Event::Kind::Data;
+      ev.tensor = index;
+      ev.offset = offset;
+      ev.data = {buf_.data() + kDataSubheaderBytes, static_cast<size_t>(n)};
+      return ev;
+    }
+    case kFrameTensorEnd: {
+      if (payload_len_ != kTensorEndBytes) corrupt("TENSOR_END frame has the wrong size");
+      const uint32_t index = get_u32(buf_.data());
+      if (get_u32(buf_.data() + 4) != 0) corrupt("reserved TENSOR_END bytes are not zero");
+      if (current_ >= ts.size() || index != current_) corrupt("TENSOR_END for an unexpected tensor");
+      const auto& t = ts[index];
+      if (get_u64(buf_.data() + 8) != t.nbytes || received_ != t.nbytes)
+        corrupt("tensor '" + t.name + "' ended after " + std::to_string(received_) + " of " + std::to_string(t.nbytes) + " bytes");
+      const uint64_t hash = get_u64(buf_.data() + 16);
+      if (h_->tensor.digest() != hash) corrupt("tensor '" + t.name + "' checksum mismatch");
+      uint8_t le[8];
+      put_u64(le, hash);
+      h_->combined.update(le, 8);
+      h_->tensor.reset();
+      ++current_;
+      received_ = 0;
+      ev.kind = Event::Kind::TensorEnd;
+      ev.tensor = index;
+      ev.hash = hash;
+      return ev;
+    }
+    case kFrameEnd: {
+      if (payload_len_ != kEndBytes) corrupt("END frame has the wrong size");
+      if (current_ != ts.size())
+        corrupt("END frame after " + std::to_string(current_) + " of " + std::to_string(ts.size()) + " tensors");
+      if (get_u64(buf_.data()) != ts.size() || get_u64(buf_.data() + 8) != data_bytes_ ||
+          get_u64(buf_.data() + 16) != frame_no_ - 1)
+        corrupt("END frame counts do not match the stream");
+      if (get_u64(buf_.data() + 24) != h_->combined.digest()) corrupt("END frame checksum of tensor checksums mismatch");
+      uint8_t extra;
+      pos_ = next_pos_;
+      if (src_.read_full(&extra, 1) != 0) corrupt("unexpected data after the END frame");
+      ended_ = true;
+      ev.kind = Event::Kind::End;
+      return ev;
+    }
+    case kFrameManifest: corrupt("a second manifest frame");
+    default: corrupt("unexpected frame type");
+  }
+}
+
+}  // namespace st::stream

@@ -1,0 +1,94 @@
+// Reading and writing st-stream v1 (docs/stream-format.md): a preamble, one
+// MANIFEST frame, then for each tensor in manifest order its DATA chunks and a
+// TENSOR_END frame with the tensor's XXH3-64, then a mandatory END frame.
+// Every frame carries an XXH3-64 of its header and payload; the reader checks
+// every checksum, every size and the order, so a flipped byte or a cut stream
+// is always reported.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "io.hpp"
+#include "manifest.hpp"
+#include "stream_format.hpp"
+
+namespace st::stream {
+
+class Writer {
+ public:
+  explicit Writer(io::Sink& sink, size_t chunk_bytes = kDefaultChunkBytes);
+  ~Writer();
+  Writer(const Writer&) = delete;
+  Writer& operator=(const Writer&) = delete;
+
+  void begin(const Manifest& m);
+  // Appends bytes to tensor `index`, which must be the current tensor (the
+  // first one not yet ended). Splits into DATA frames of chunk_bytes.
+  void data(uint32_t index, std::span<const uint8_t> bytes);
+  void end_tensor(uint32_t index);
+  void finish();
+
+ private:
+  void frame(uint32_t type, const struct iovec* parts, int count);
+
+  io::Sink& sink_;
+  size_t chunk_bytes_;
+  std::vector<uint64_t> sizes_;
+  uint32_t current_ = 0;
+  uint64_t offset_ = 0;
+  uint64_t frames_ = 0;
+  uint64_t data_bytes_ = 0;
+  struct Hashes;
+  std::unique_ptr<Hashes> h_;
+};
+
+struct Event {
+  enum class Kind { Data, TensorEnd, End };
+  Kind kind = Kind::End;
+  uint32_t tensor = 0;
+  uint64_t offset = 0;               // Data: where these bytes start in the tensor
+  std::span<const uint8_t> data;     // Data: valid until the next call to next()
+  uint64_t hash = 0;                 // TensorEnd: XXH3-64 of the tensor's bytes
+};
+
+class Reader {
+ public:
+  // Reads and checks the preamble and manifest. `name` is used in messages.
+  Reader(io::Source& src, std::string name);
+  ~Reader();
+  Reader(const Reader&) = delete;
+  Reader& operator=(const Reader&) = delete;
+
+  const Manifest& manifest() const { return manifest_; }
+  Event next();
+
+ private:
+  [[noreturn]] void corrupt(const std::string& what) const;
+  // Reads one frame (skipping skippable ones); returns its type; payload in buf_.
+  uint32_t read_frame();
+
+  io::Source& src_;
+  std::string name_;
+  Manifest manifest_;
+  std::vector<uint8_t> buf_;
+  uint64_t payload_len_ = 0;
+  uint64_t pos_ = 0;         // byte offset of the current frame, for messages
+  uint64_t next_pos_ = 0;
+  uint64_t frame_no_ = 0;    // frames read after the preamble
+  uint32_t current_ = 0;
+  uint64_t received_ = 0;
+  uint64_t data_bytes_ = 0;
+  bool ended_ = false;
+  struct Hashes;
+  std::unique_ptr<Hashes> h_;
+};
+
+// Whether the first bytes look like a safetensors file rather than a stream
+// (to give a helpful message when someone pipes a file straight into a stage).
+bool looks_like_safetensors(std::span<const uint8_t> first_bytes);
+
+}  // namespace st::stream

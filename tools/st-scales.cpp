@@ -1,0 +1,34 @@
+// st-scales: report which FP8 weights have which scales (FILE), or pair them
+// inside a pipeline (stream on stdin -> stream with the pairing on stdout).
+#include <unistd.h>
+
+#include <iostream>
+
+#include "cli.hpp"
+#include "error.hpp"
+#include "scales_stage.hpp"
+
+int main(int argc, char** argv) {
+  return st::cli::run("st-scales", [&] {
+    auto o = st::cli::make_options("st-scales", "Report FP8 weights and their scales, or pair them in a pipeline.");
+    o.add_options()("block", "block size of 2-D scale grids (default 128x128)", cxxopts::value<std::string>(), "RxC")(
+        "report", "in a pipeline, also print the report on stderr")(
+        "f,force", "write the binary stream even to a terminal")("file", "input file", cxxopts::value<std::string>());
+    o.parse_positional({"file"});
+    o.positional_help("[FILE | -]");
+    const auto r = st::cli::parse(o, argc, argv);
+    if (st::cli::handle_help_version(o, r, "")) return 0;
+    st::scales::Options opt;
+    if (r.count("block")) opt.block = st::scales::parse_block(r["block"].as<std::string>());
+    const std::string file = r.count("file") ? r["file"].as<std::string>() : "-";
+    if (file != "-") return st::scales::report_file(file, opt, std::cout) ? 1 : 0;
+    st::cli::refuse_tty_stdin();
+    st::cli::refuse_binary_to_tty(r.count("force") > 0);
+    st::io::FdSource in(STDIN_FILENO, "stdin");
+    st::io::FdSink out(STDOUT_FILENO, "stdout");
+    st::stream::Reader reader(in, "stdin");
+    st::stream::Writer writer(out);
+    st::scales::match_stage(reader, writer, opt, r.count("report") ? &std::cerr : nullptr);
+    return 0;
+  });
+}
