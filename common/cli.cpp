@@ -37,6 +37,8 @@ int run(const char* tool, const std::function<int()>& body) {
     if (!std::cout) throw Error("error writing standard output");
   } catch (const BrokenPipe&) {
     return kDataError;  // the reader went away: nothing to say
+  } catch (const UpstreamFailed&) {
+    return kDataError;  // the stage that failed has said why
   } catch (const Error& e) {
     std::cout.flush();
     std::cerr << g_tool << ": " << e.what() << '\n';

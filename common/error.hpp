@@ -30,6 +30,13 @@ class BrokenPipe : public Error {
   BrokenPipe() : Error("broken pipe") {}
 };
 
+// The stream carried an ABORT frame: an earlier stage failed and has said
+// why; this stage exits 1 without a message of its own.
+class UpstreamFailed : public Error {
+ public:
+  UpstreamFailed() : Error("an earlier stage failed") {}
+};
+
 [[noreturn]] inline void fail(std::string message) { throw Error(std::move(message)); }
 [[noreturn]] inline void usage_error(std::string message) {
   throw Error(std::move(message), ErrorKind::Usage);

@@ -61,7 +61,8 @@ void convert(const std::string& input, const dequant::Options& dq, const pack::O
   std::exception_ptr e_list, e_dequant, e_pack;
   std::thread t1 = stage(e_list, a.w, -1, [&] {
     io::FdSink sink(a.w, "pipe");
-    src.write_stream(sink);
+    stream::Writer writer(sink);
+    src.write_stream(writer);
   });
   std::thread t2 = stage(e_dequant, a.r, b.w, [&] {
     io::FdSource in(a.r, "st-list output");
@@ -85,6 +86,8 @@ void convert(const std::string& input, const dequant::Options& dq, const pack::O
     try {
       std::rethrow_exception(*e);
     } catch (const BrokenPipe&) {
+      continue;
+    } catch (const UpstreamFailed&) {
       continue;
     }
   }

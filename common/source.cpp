@@ -19,8 +19,7 @@ SafetensorsSource::SafetensorsSource(const std::string& path)
   }
 }
 
-void SafetensorsSource::write_stream(io::Sink& sink) const {
-  stream::Writer w(sink);
+void SafetensorsSource::write_stream(stream::Writer& w) const {
   w.begin(manifest_);
   std::vector<uint8_t> buf(stream::kDefaultChunkBytes);
   for (size_t i = 0; i < header_index_.size(); ++i) {

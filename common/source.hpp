@@ -24,7 +24,7 @@ class SafetensorsSource {
   const stream::Manifest& manifest() const { return manifest_; }
 
   // Writes the whole stream: preamble, manifest, tensors, END.
-  void write_stream(io::Sink& sink) const;
+  void write_stream(stream::Writer& w) const;
   // One tensor's bytes (for small tensors such as scales).
   std::vector<uint8_t> read_tensor(const std::string& name) const;
 

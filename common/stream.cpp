@@ -65,7 +65,29 @@ struct Reader::Hashes {
 
 Writer::Writer(io::Sink& sink, size_t chunk_bytes)
     : sink_(sink), chunk_bytes_(std::clamp<size_t>(chunk_bytes, 1, kMaxChunkBytes)), h_(new Hashes) {}
-Writer::~Writer() = default;
+Writer::~Writer() {
+  if (finished_ || sink_failed_) return;
+  try {
+    if (!begun_) preamble();
+    static const char kWhy[] = "the producing stage failed";
+    struct iovec v{const_cast<char*>(kWhy), sizeof kWhy - 1};
+    frame(kFrameAbort, &v, 1);
+  } catch (...) {
+    // Nothing more can be said downstream.
+  }
+}
+
+void Writer::preamble() {
+  uint8_t pre[kPreambleBytes] = {};
+  std::memcpy(pre, kMagic, 8);
+  put_u16(pre + 8, kVersionMajor);
+  put_u16(pre + 10, kVersionMinor);
+  put_u64(pre + 16, XXH3_64bits(pre, 16));
+  sink_failed_ = true;  // until the write returns
+  sink_.write(pre, sizeof pre);
+  sink_failed_ = false;
+  begun_ = true;
+}
 
 void Writer::frame(uint32_t type, const struct iovec* parts, int count) {
   uint64_t len = 0;
@@ -83,17 +105,15 @@ void Writer::frame(uint32_t type, const struct iovec* parts, int count) {
   v[n++] = {hdr, sizeof hdr};
   for (int i = 0; i < count; ++i) v[n++] = parts[i];
   v[n++] = {const_cast<uint8_t*>(kZeros), padding_for(len)};
+  sink_failed_ = true;  // a write that throws may have left half a frame
   sink_.write(v, n);
+  sink_failed_ = false;
   ++frames_;
 }
 
 void Writer::begin(const Manifest& m) {
-  uint8_t pre[kPreambleBytes] = {};
-  std::memcpy(pre, kMagic, 8);
-  put_u16(pre + 8, kVersionMajor);
-  put_u16(pre + 10, kVersionMinor);
-  put_u64(pre + 16, XXH3_64bits(pre, 16));
-  sink_.write(pre, sizeof pre);
+  if (begun_) throw Error("internal: stream begun twice");
+  preamble();
   const std::string json = encode_manifest(m);
   if (json.size() > kMaxManifestBytes) fail("manifest too large for the stream format (" + std::to_string(json.size()) + " bytes)");
   struct iovec v{const_cast<char*>(json.data()), json.size()};
@@ -150,6 +170,7 @@ void Writer::finish() {
   put_u64(p + 24, h_->combined.digest());
   struct iovec v{p, sizeof p};
   frame(kFrameEnd, &v, 1);
+  finished_ = true;
 }
 
 // ---------------------------------------------------------------- Reader
@@ -216,6 +237,7 @@ uint32_t Reader::read_frame() {
       case kFrameData: limit = kDataSubheaderBytes + kMaxChunkBytes; break;
       case kFrameTensorEnd: limit = kTensorEndBytes; break;
       case kFrameEnd: limit = kEndBytes; break;
+      case kFrameAbort: limit = kMaxAbortBytes; break;
       default:
         if (type < kFirstSkippableType) corrupt("unknown frame type " + std::to_string(type) + " (corrupt stream?)");
         limit = kMaxSkippableBytes;
@@ -234,6 +256,7 @@ uint32_t Reader::read_frame() {
     payload_len_ = len;
     next_pos_ = pos_ + sizeof hdr + buf_.size();
     if (type >= kFirstSkippableType) continue;  // extension frames: checked, then ignored
+    if (type == kFrameAbort) throw UpstreamFailed();
     return type;
   }
 }

@@ -21,6 +21,10 @@ namespace st::stream {
 class Writer {
  public:
   explicit Writer(io::Sink& sink, size_t chunk_bytes = kDefaultChunkBytes);
+  // A writer destroyed before finish() (an exception unwinding the stage)
+  // ends its output with an ABORT frame, writing the preamble first if
+  // needed, so the next stage stops quietly instead of reporting a cut
+  // stream. Nothing is added when the sink itself failed.
   ~Writer();
   Writer(const Writer&) = delete;
   Writer& operator=(const Writer&) = delete;
@@ -34,8 +38,12 @@ class Writer {
 
  private:
   void frame(uint32_t type, const struct iovec* parts, int count);
+  void preamble();
 
   io::Sink& sink_;
+  bool begun_ = false;
+  bool finished_ = false;
+  bool sink_failed_ = false;
   size_t chunk_bytes_;
   std::vector<uint64_t> sizes_;
   uint32_t current_ = 0;

@@ -22,6 +22,7 @@ enum FrameType : uint32_t {
   kFrameData = 2,
   kFrameTensorEnd = 3,
   kFrameEnd = 4,
+  kFrameAbort = 5,  // the producer failed: discard the stream, exit quietly
 };
 inline constexpr uint32_t kFirstSkippableType = 0x80000000u;  // §6
 
@@ -34,6 +35,7 @@ inline constexpr size_t kEndBytes = 32;
 inline constexpr uint64_t kMaxManifestBytes = 256ull << 20;
 inline constexpr uint64_t kMaxChunkBytes = 16ull << 20;      // data bytes in one DATA frame
 inline constexpr uint64_t kMaxSkippableBytes = 16ull << 20;
+inline constexpr uint64_t kMaxAbortBytes = 64ull << 10;
 
 // What our writers put in one DATA frame.
 inline constexpr size_t kDefaultChunkBytes = 4u << 20;

@@ -23,8 +23,8 @@ int main(int argc, char** argv) {
     st::cli::refuse_binary_to_tty(r.count("force") > 0);
     st::io::FdSource in(STDIN_FILENO, "stdin");
     st::io::FdSink out(STDOUT_FILENO, "stdout");
+    st::stream::Writer writer(out);  // created first: any failure ends our output with ABORT
     st::stream::Reader reader(in, "stdin");
-    st::stream::Writer writer(out);
     st::dequant::run(reader, writer, opt, st::cli::warn);
     return 0;
   });

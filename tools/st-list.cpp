@@ -25,9 +25,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     st::cli::refuse_binary_to_tty(r.count("force") > 0);
-    const st::source::SafetensorsSource src(path);  // whole header validated before any output
     st::io::FdSink out(STDOUT_FILENO, "stdout");
-    src.write_stream(out);
+    st::stream::Writer writer(out);  // on failure it tells the next stage to stop quietly
+    const st::source::SafetensorsSource src(path);  // whole header validated before any output
+    src.write_stream(writer);
     return 0;
   });
 }
