@@ -36,7 +36,11 @@ int run(const char* tool, const std::function<int()>& body) {
     std::cout.flush();
     if (!std::cout) throw Error("error writing standard output");
   } catch (const BrokenPipe&) {
-    return kDataError;  // the reader went away: nothing to say
+    // The reader went away while SIGPIPE was ignored (st-convert's threads):
+    // end the way any filter does, by SIGPIPE, without a message.
+    ::signal(SIGPIPE, SIG_DFL);
+    ::raise(SIGPIPE);
+    return kDataError;
   } catch (const UpstreamFailed&) {
     return kDataError;  // the stage that failed has said why
   } catch (const Error& e) {

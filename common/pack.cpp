@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cli.hpp"
 #include "error.hpp"
 #include "output_file.hpp"
 #include "progress.hpp"
@@ -53,7 +54,7 @@ Result to_stdout(stream::Reader& in, const Options& opt) {
   const Layout l = plan(in.manifest(), false);  // stdout cannot seek: stream order
   io::FdSink out(STDOUT_FILENO, "stdout");
   out.write(l.header.data(), l.header.size());
-  cli::Progress progress("st-pack", opt.progress, l.data_bytes);
+  cli::Progress progress(cli::tool_name(), opt.progress, l.data_bytes);
   for (;;) {
     const Event ev = in.next();
     if (ev.kind == Event::Kind::End) break;
@@ -79,7 +80,7 @@ Result run(stream::Reader& in, const Options& opt) {
   file.reserve(total);
   file.pwrite_all(0, l.header.data(), l.header.size());
   std::vector<uint64_t> hashes(m.tensors.size());
-  cli::Progress progress("st-pack", opt.progress, l.data_bytes);
+  cli::Progress progress(cli::tool_name(), opt.progress, l.data_bytes);
   for (;;) {
     const Event ev = in.next();  // checks every frame and tensor checksum
     if (ev.kind == Event::Kind::End) break;
@@ -100,6 +101,7 @@ Result run(stream::Reader& in, const Options& opt) {
       fail(opt.output + ": verification failed: the header read back differs from the one written");
     XXH3_state_t* st = XXH3_createState();
     if (!st) throw std::bad_alloc();
+    cli::Progress checking(cli::tool_name() + " (verifying)", opt.progress, l.data_bytes);
     try {
       for (size_t i = 0; i < m.tensors.size(); ++i) {
         XXH3_64bits_reset(st);
@@ -108,6 +110,7 @@ Result run(stream::Reader& in, const Options& opt) {
           const size_t n = static_cast<size_t>(std::min<uint64_t>(left, buf.size()));
           file.pread_all(pos, buf.data(), n);
           XXH3_64bits_update(st, buf.data(), n);
+          checking.add(n);
           pos += n;
           left -= n;
         }
@@ -119,6 +122,7 @@ Result run(stream::Reader& in, const Options& opt) {
       throw;
     }
     XXH3_freeState(st);
+    checking.finish();
   }
   file.commit();
   return {m.tensors.size(), total};

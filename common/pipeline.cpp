@@ -80,17 +80,19 @@ void convert(const std::string& input, const dequant::Options& dq, const pack::O
   t2.join();
   t3.join();
   // Report the first stage that failed for a reason of its own; the later
-  // ones only saw a cut stream, the earlier ones a closed pipe.
+  // ones only saw an ABORT, the earlier ones a closed pipe.
+  bool broken_pipe = false;
   for (auto* e : {&e_list, &e_dequant, &e_pack}) {
     if (!*e) continue;
     try {
       std::rethrow_exception(*e);
     } catch (const BrokenPipe&) {
-      continue;
+      broken_pipe = true;
     } catch (const UpstreamFailed&) {
-      continue;
     }
   }
+  // Only a reader of our stdout going away leaves nothing but closed pipes.
+  if (broken_pipe) throw BrokenPipe();
 }
 
 }  // namespace st::pipeline

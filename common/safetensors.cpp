@@ -328,6 +328,8 @@ Header read_header(const io::InputFile& file) {
     file.pread_exact(0, len_bytes, 8);
     uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = (n << 8) | len_bytes[i];
+    if (n > kMaxHeaderBytes && std::memcmp(len_bytes, "\x89STS\r\n\x1a\n", 8) == 0)
+      fail("this is an st-stream, not a safetensors file; pipe it into a stage (e.g. st-scales < FILE)");
     if (n > kMaxHeaderBytes)
       fail("header length " + std::to_string(n) + " exceeds the 100000000-byte limit (not a safetensors file?)");
     if (8 + n > size)

@@ -251,10 +251,16 @@ bool needs_attention(const Matching& mt) {
   return false;
 }
 
-std::vector<size_t> scales_first_order(const std::vector<TensorInfo>& tensors, const Matching& mt) {
-  std::unordered_set<std::string> first;
-  for (const auto& p : mt.pairs)
-    if (!p.scale.empty()) first.insert(p.scale);
+std::vector<size_t> scales_first_order(const std::vector<TensorInfo>& tensors) {
+  // Every candidate scale of an FP8 weight, whether or not its layout fits
+  // with the default block size (st-dequant --block may make it fit), and
+  // every tensor named like a weight scale.
+  std::unordered_set<std::string> names, first;
+  for (const auto& t : tensors) names.insert(t.name);
+  for (const auto& t : tensors)
+    if (is_fp8_weight_dtype(t.dtype))
+      for (const auto& rule : kScaleKeyRules)
+        if (names.count(t.name + rule.suffix)) first.insert(t.name + rule.suffix);
   std::vector<size_t> order;
   for (size_t i = 0; i < tensors.size(); ++i)
     if (first.count(tensors[i].name) || is_weight_scale_name(tensors[i].name)) order.push_back(i);
@@ -294,10 +300,13 @@ void print_table(std::ostream& out, const std::vector<std::vector<std::string>>&
 void print_report(std::ostream& out, const stream::Manifest& m, const Matching& mt, const ScaleValues& values) {
   out << "Total keys: " << m.tensors.size() << '\n';
   out << "Scale keys found: " << count_scale_keys(m.tensors) << '\n';
-  size_t scaled = 0;
+  size_t scaled = 0, unusable = 0;
   for (const auto& p : mt.pairs) scaled += !p.scale.empty();
+  for (const auto& p : mt.problems) unusable += is_fatal(p);
   out << '\n' << "FP8 weights: " << mt.pairs.size() << " (" << scaled << " with a scale, "
-      << mt.pairs.size() - scaled << " without)\n";
+      << mt.pairs.size() - scaled - unusable << " without";
+  if (unusable) out << ", " << unusable << " with an unusable scale";
+  out << ")\n";
   if (!mt.pairs.empty()) {
     std::vector<std::vector<std::string>> rows{
         {"WEIGHT", "DTYPE", "SHAPE", "SCALE", "SCALE_SHAPE", "SCALE_DTYPE", "MIN", "MAX", "LAYOUT"}};

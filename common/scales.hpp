@@ -60,8 +60,7 @@ size_t count_scale_keys(const std::vector<stream::TensorInfo>& tensors);
 // Order in which st-list emits tensors: every scale first (they are small and
 // st-dequant needs them before their weights), then the rest, each group in
 // the given order.
-std::vector<size_t> scales_first_order(const std::vector<stream::TensorInfo>& tensors,
-                                       const stream::Matching& mt);
+std::vector<size_t> scales_first_order(const std::vector<stream::TensorInfo>& tensors);
 
 // Human report. `scale_values(name)` returns a scale's decoded values (or an
 // empty vector when unknown) for the min/max columns.

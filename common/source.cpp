@@ -10,7 +10,7 @@ SafetensorsSource::SafetensorsSource(const std::string& path)
     : file_(path), header_(safetensors::read_header(file_)) {
   std::vector<stream::TensorInfo> infos;
   for (const auto& t : header_.tensors) infos.push_back({t.name, t.dtype, t.shape, t.nbytes(), path});
-  const auto order = scales::scales_first_order(infos, scales::match(infos, {}));
+  const auto order = scales::scales_first_order(infos);
   manifest_.producer = std::string("st-list ") + ST_VERSION;
   manifest_.metadata = header_.metadata;
   for (size_t i : order) {

@@ -9,7 +9,7 @@ int main(int argc, char** argv) {
     auto o = st::cli::make_options("st-convert", "Convert an FP8 .safetensors file to BF16 (or F16/F32).");
     o.add_options()("to", "output type: bf16, f16 or f32", cxxopts::value<std::string>()->default_value("bf16"), "TYPE")(
         "block", "block size of 2-D scale grids (default 128x128)", cxxopts::value<std::string>(), "RxC")(
-        "f,force", "replace an existing OUT")("no-verify", "do not read the output back to verify it")(
+        "f,force", "replace an existing OUT (and allow OUT - on a terminal)")("no-verify", "do not read the output back to verify it")(
         "in", "input file", cxxopts::value<std::string>())("out", "output file", cxxopts::value<std::string>());
     st::cli::add_progress_options(o);
     o.parse_positional({"in", "out"});

@@ -327,9 +327,27 @@ def run_case(case_path, tools):
             with open(os.path.join(work, rest), 'wb') as f:
                 f.write(data)
             continue
-        if word == 'run':           # a shell command, run in the work dir
-            step = subprocess.run(['bash', '-c', 'set -o pipefail; ' + rest], cwd=work, env=env,
-                                  stdin=subprocess.DEVNULL, capture_output=True)
+        if word in ('run', 'run-tty'):  # a shell command, run in the work dir
+            if word == 'run-tty':          # stdin and stdout are a terminal
+                import pty
+                master, slave = pty.openpty()
+                step = subprocess.run(['bash', '-c', 'set -o pipefail; ' + rest], cwd=work, env=env,
+                                      stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+                os.close(slave)
+                tty_out = b''
+                try:
+                    while True:
+                        chunk = os.read(master, 65536)
+                        if not chunk:
+                            break
+                        tty_out += chunk
+                except OSError:
+                    pass
+                os.close(master)
+                step.stdout = tty_out
+            else:
+                step = subprocess.run(['bash', '-c', 'set -o pipefail; ' + rest], cwd=work, env=env,
+                                      stdin=subprocess.DEVNULL, capture_output=True)
             step_cmd = rest
             if os.environ.get('STCASE_VERBOSE'):
                 print('$ ' + rest)
