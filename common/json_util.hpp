@@ -16,6 +16,11 @@ bool valid_utf8(std::string_view s);
 // (negative, fractional, exponent, too large).
 std::optional<uint64_t> parse_u64(std::string_view text, std::string* why);
 
+// Appends s as a JSON string the way the reference writer (serde_json)
+// does: \" \\ \b \f \n \r \t, other control characters as \u00xx
+// (lowercase hex), everything else (DEL, '/', non-ASCII) as is.
+void append_json_string(std::string& out, std::string_view s);
+
 // Quoted for messages: 'name' with control characters escaped.
 std::string quote(std::string_view s);
 

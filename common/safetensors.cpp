@@ -1,8 +1,6 @@
 #include "safetensors.hpp"
 
 #include <rapidjson/reader.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 
 #include <algorithm>
 #include <cstring>
@@ -356,37 +354,31 @@ void sort_reference_order(std::vector<TensorEntry>& tensors) {
 
 std::vector<uint8_t> serialize_header(const std::optional<Metadata>& metadata,
                                       const std::vector<TensorEntry>& tensors) {
-  rapidjson::StringBuffer sb;
-  rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-  w.StartObject();
+  // Compact JSON exactly as the reference writer (serde_json) prints it.
+  std::string json = "{";
   if (metadata) {
-    w.Key("__metadata__");
-    w.StartObject();
-    for (const auto& [k, v] : *metadata) {
-      w.Key(k.data(), static_cast<rapidjson::SizeType>(k.size()));
-      w.String(v.data(), static_cast<rapidjson::SizeType>(v.size()));
+    json += "\"__metadata__\":{";
+    for (size_t i = 0; i < metadata->size(); ++i) {
+      if (i) json += ',';
+      json::append_json_string(json, (*metadata)[i].first);
+      json += ':';
+      json::append_json_string(json, (*metadata)[i].second);
     }
-    w.EndObject();
+    json += '}';
   }
   for (const auto& t : tensors) {
-    w.Key(t.name.data(), static_cast<rapidjson::SizeType>(t.name.size()));
-    w.StartObject();
-    w.Key("dtype");
-    const auto dn = dtype_name(t.dtype);
-    w.String(dn.data(), static_cast<rapidjson::SizeType>(dn.size()));
-    w.Key("shape");
-    w.StartArray();
-    for (uint64_t d : t.shape) w.Uint64(d);
-    w.EndArray();
-    w.Key("data_offsets");
-    w.StartArray();
-    w.Uint64(t.begin);
-    w.Uint64(t.end);
-    w.EndArray();
-    w.EndObject();
+    if (json.size() > 1) json += ',';
+    json::append_json_string(json, t.name);
+    json += ":{\"dtype\":\"";
+    json += dtype_name(t.dtype);
+    json += "\",\"shape\":[";
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      if (i) json += ',';
+      json += std::to_string(t.shape[i]);
+    }
+    json += "],\"data_offsets\":[" + std::to_string(t.begin) + "," + std::to_string(t.end) + "]}";
   }
-  w.EndObject();
-  std::string json(sb.GetString(), sb.GetSize());
+  json += '}';
   while ((8 + json.size()) % 8 != 0) json.push_back(' ');
   if (json.size() > kMaxHeaderBytes) fail("output header would exceed the 100000000-byte limit");
   std::vector<uint8_t> out(8 + json.size());

@@ -1,0 +1,943 @@
+// st::stream Writer/Reader against docs/stream-format.md: round trips through
+// memory (also one byte per read), the byte layout checked field by field by
+// an independent parser, hand-built streams written from the spec alone,
+// detection of every single-byte flip and every truncation, and ABORT.
+#include <rapidjson/document.h>
+#include <xxhash.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "catch.hpp"
+#include "error.hpp"
+#include "io.hpp"
+#include "stream.hpp"
+
+using st::Dtype;
+namespace stream = st::stream;
+using Bytes = std::vector<uint8_t>;
+
+namespace {
+
+// ------------------------------------------------------------ primitives
+
+uint64_t xxh(const void* p, size_t n) {
+  static const uint8_t dummy = 0;
+  return XXH3_64bits(n ? p : &dummy, n);
+}
+uint64_t xxh(const Bytes& b) { return xxh(b.data(), b.size()); }
+
+uint64_t rd(const uint8_t* p, int n) {
+  uint64_t v = 0;
+  for (int i = 0; i < n; ++i) v |= uint64_t(p[i]) << (8 * i);
+  return v;
+}
+void put(Bytes& b, uint64_t v, int n) {
+  for (int i = 0; i < n; ++i) b.push_back(uint8_t(v >> (8 * i)));
+}
+Bytes str_bytes(const std::string& s) { return Bytes(s.begin(), s.end()); }
+
+// ------------------------------------------------- independent stream parser
+
+struct Frame {
+  size_t pos = 0;
+  uint32_t type = 0, flags = 0;
+  uint64_t len = 0, checksum = 0;
+  Bytes payload;
+};
+
+// Parses a whole stream by the spec, checking the rules that are visible in
+// the bytes (magic, version, checksums, flags, padding, alignment). Returns
+// an error description, or "" when the layout is valid.
+std::string parse_layout(const Bytes& s, std::vector<Frame>& frames) {
+  frames.clear();
+  if (s.size() < 24) return "short preamble";
+  const uint8_t magic[8] = {0x89, 'S', 'T', 'S', 0x0D, 0x0A, 0x1A, 0x0A};
+  if (std::memcmp(s.data(), magic, 8) != 0) return "magic";
+  if (rd(&s[8], 2) != 1) return "major version";
+  if (rd(&s[10], 2) != 0) return "minor version";
+  if (rd(&s[12], 4) != 0) return "preamble reserved";
+  if (rd(&s[16], 8) != xxh(s.data(), 16)) return "preamble checksum";
+  size_t p = 24;
+  while (p < s.size()) {
+    if (p % 8 != 0) return "frame not 8-aligned at " + std::to_string(p);
+    if (s.size() - p < 24) return "short frame header at " + std::to_string(p);
+    Frame f;
+    f.pos = p;
+    f.type = uint32_t(rd(&s[p], 4));
+    f.flags = uint32_t(rd(&s[p + 4], 4));
+    f.len = rd(&s[p + 8], 8);
+    f.checksum = rd(&s[p + 16], 8);
+    if (f.flags != 0) return "flags at " + std::to_string(p);
+    if (f.len > s.size() - p - 24) return "payload past end at " + std::to_string(p);
+    f.payload.assign(s.begin() + long(p + 24), s.begin() + long(p + 24 + f.len));
+    Bytes h(s.begin() + long(p), s.begin() + long(p + 16));
+    h.insert(h.end(), f.payload.begin(), f.payload.end());
+    if (xxh(h) != f.checksum) return "frame checksum at " + std::to_string(p);
+    size_t end = p + 24 + size_t(f.len);
+    size_t padded = (end + 7) / 8 * 8;
+    if (padded > s.size()) return "padding past end at " + std::to_string(p);
+    for (size_t i = end; i < padded; ++i)
+      if (s[i] != 0) return "non-zero padding at " + std::to_string(i);
+    frames.push_back(std::move(f));
+    p = padded;
+  }
+  return "";
+}
+
+// ------------------------------------------------------ hand-built streams
+
+struct F {
+  uint32_t type;
+  Bytes payload;
+  uint32_t flags = 0;
+};
+
+Bytes preamble(uint16_t major = 1, uint16_t minor = 0, uint32_t reserved = 0) {
+  Bytes b = {0x89, 'S', 'T', 'S', 0x0D, 0x0A, 0x1A, 0x0A};
+  put(b, major, 2);
+  put(b, minor, 2);
+  put(b, reserved, 4);
+  put(b, xxh(b), 8);
+  return b;
+}
+
+void append_frame(Bytes& s, const F& f) {
+  Bytes h;
+  put(h, f.type, 4);
+  put(h, f.flags, 4);
+  put(h, f.payload.size(), 8);
+  Bytes c = h;
+  c.insert(c.end(), f.payload.begin(), f.payload.end());
+  put(h, xxh(c), 8);
+  s.insert(s.end(), h.begin(), h.end());
+  s.insert(s.end(), f.payload.begin(), f.payload.end());
+  while (s.size() % 8) s.push_back(0);
+}
+
+Bytes assemble(const std::vector<F>& frames, Bytes pre = preamble()) {
+  for (const F& f : frames) append_frame(pre, f);
+  return pre;
+}
+
+F manifest_frame(const std::string& json) { return {stream::kFrameManifest, str_bytes(json)}; }
+
+F data_frame(uint32_t idx, uint64_t off, const Bytes& d, uint32_t reserved = 0) {
+  F f{stream::kFrameData, {}};
+  put(f.payload, idx, 4);
+  put(f.payload, reserved, 4);
+  put(f.payload, off, 8);
+  f.payload.insert(f.payload.end(), d.begin(), d.end());
+  return f;
+}
+
+F tensor_end_frame(uint32_t idx, uint64_t size, uint64_t hash, uint32_t reserved = 0) {
+  F f{stream::kFrameTensorEnd, {}};
+  put(f.payload, idx, 4);
+  put(f.payload, reserved, 4);
+  put(f.payload, size, 8);
+  put(f.payload, hash, 8);
+  return f;
+}
+
+F end_frame(uint64_t count, uint64_t data_bytes, uint64_t frame_count, uint64_t checksum) {
+  F f{stream::kFrameEnd, {}};
+  put(f.payload, count, 8);
+  put(f.payload, data_bytes, 8);
+  put(f.payload, frame_count, 8);
+  put(f.payload, checksum, 8);
+  return f;
+}
+
+// The END that agrees with `frames` (counts TENSOR_ENDs, DATA bytes, frames,
+// and hashes the TENSOR_END checksums in order).
+F end_for(const std::vector<F>& frames) {
+  uint64_t count = 0, bytes = 0;
+  Bytes hashes;
+  for (const F& f : frames) {
+    if (f.type == stream::kFrameTensorEnd) {
+      ++count;
+      hashes.insert(hashes.end(), f.payload.begin() + 16, f.payload.begin() + 24);
+    }
+    if (f.type == stream::kFrameData) bytes += f.payload.size() - 16;
+  }
+  return end_frame(count, bytes, frames.size(), xxh(hashes));
+}
+
+std::vector<F> with_end(std::vector<F> frames) {
+  frames.push_back(end_for(frames));
+  return frames;
+}
+
+const std::string kHandManifest =
+    R"({"format":"st-stream","version":"1.0","producer":"hand","metadata":null,"tensors":[)"
+    R"({"name":"t0","dtype":"U8","shape":[3],"nbytes":3},)"
+    R"({"name":"t1","dtype":"F32","shape":[],"nbytes":4}]})";
+const Bytes kT0 = {1, 2, 3};
+const Bytes kT1 = {0, 0, 0x80, 0x3F};
+
+// A valid stream of two tensors written from the spec alone (without END).
+std::vector<F> hand_frames() {
+  return {manifest_frame(kHandManifest), data_frame(0, 0, kT0), tensor_end_frame(0, 3, xxh(kT0)),
+          data_frame(1, 0, kT1), tensor_end_frame(1, 4, xxh(kT1))};
+}
+
+// ------------------------------------------------------------- reading
+
+struct Ev {
+  stream::Event::Kind kind;
+  uint32_t tensor;
+  uint64_t offset;
+  Bytes data;
+  uint64_t hash;
+  bool operator==(const Ev& o) const {
+    return kind == o.kind && tensor == o.tensor && offset == o.offset && data == o.data &&
+           hash == o.hash;
+  }
+};
+
+struct ReadBack {
+  stream::Manifest manifest;
+  std::vector<Ev> events;
+  std::vector<Bytes> tensors;
+  std::vector<uint64_t> hashes;
+};
+
+// Reads a whole stream until END; throws what the Reader throws.
+ReadBack read_all(const Bytes& s, size_t max_read = SIZE_MAX) {
+  st::io::MemorySource src(s, max_read);
+  stream::Reader r(src, "test-stream");
+  ReadBack out;
+  out.manifest = r.manifest();
+  out.tensors.resize(out.manifest.tensors.size());
+  for (int guard = 0; guard < 1'000'000; ++guard) {
+    stream::Event e = r.next();
+    Ev ev{e.kind, e.tensor, e.offset, Bytes(e.data.begin(), e.data.end()), e.hash};
+    out.events.push_back(ev);
+    if (e.kind == stream::Event::Kind::Data) {
+      if (e.tensor >= out.tensors.size()) throw std::logic_error("event for a tensor out of range");
+      out.tensors[e.tensor].insert(out.tensors[e.tensor].end(), e.data.begin(), e.data.end());
+    } else if (e.kind == stream::Event::Kind::TensorEnd) {
+      out.hashes.push_back(e.hash);
+    } else {
+      return out;
+    }
+  }
+  throw std::logic_error("reader never reached END");
+}
+
+// Whether a Reader reports the stream as invalid: st::Error from construction
+// or next(). st::UpstreamFailed does not count: it means a valid ABORT frame,
+// which none of the corrupted streams contains.
+bool rejected(const Bytes& s, size_t max_read = SIZE_MAX, std::string* message = nullptr) {
+  try {
+    read_all(s, max_read);
+  } catch (const st::UpstreamFailed&) {
+    return false;
+  } catch (const st::Error& e) {
+    if (message) *message = e.what();
+    return true;
+  }
+  return false;
+}
+
+bool upstream_failed(const Bytes& s) {
+  try {
+    read_all(s);
+  } catch (const st::UpstreamFailed&) {
+    return true;
+  } catch (const st::Error&) {
+    return false;
+  }
+  return false;
+}
+
+// --------------------------------------------------------- a test stream
+
+stream::TensorInfo ti(std::string name, Dtype d, std::vector<uint64_t> shape, uint64_t nbytes,
+                      std::string source = "") {
+  stream::TensorInfo t;
+  t.name = std::move(name);
+  t.dtype = d;
+  t.shape = std::move(shape);
+  t.nbytes = nbytes;
+  t.source = std::move(source);
+  return t;
+}
+
+stream::Manifest test_manifest() {
+  stream::Manifest m;
+  m.producer = "unit-test 0.1.0";
+  m.metadata = st::safetensors::Metadata{
+      {"format", "pt"}, {"\xD0\xBA\xD0\xBB\xD1\x8E\xD1\x87", "\xE2\x9C\x93 \"q\" \\ \n\t \xF0\x9F\x98\x80"}};
+  m.tensors = {ti("a.weight", Dtype::F32, {2, 3}, 24, "model-00001-of-00002.safetensors"),
+               ti("empty", Dtype::F32, {0, 4}, 0),
+               ti("scalar", Dtype::I32, {}, 4),
+               ti("\xC3\xA9/\xE5\x90\x8D", Dtype::U8, {37}, 37, "b.safetensors"),
+               ti("", Dtype::BF16, {3}, 6)};
+  return m;
+}
+
+std::vector<Bytes> test_data(const stream::Manifest& m) {
+  std::vector<Bytes> d;
+  uint32_t x = 12345;
+  for (const auto& t : m.tensors) {
+    Bytes b(t.nbytes);
+    for (auto& c : b) {
+      x = x * 1103515245u + 12345u;
+      c = uint8_t(x >> 16);
+    }
+    d.push_back(std::move(b));
+  }
+  return d;
+}
+
+constexpr size_t kChunk = 16;
+
+Bytes write_test_stream() {
+  const auto m = test_manifest();
+  const auto d = test_data(m);
+  st::io::MemorySink sink;
+  {
+    stream::Writer w(sink, kChunk);
+    w.begin(m);
+    for (uint32_t i = 0; i < d.size(); ++i) {
+      std::span<const uint8_t> all(d[i]);
+      // uneven pieces: 5, 20, rest
+      size_t at = 0;
+      for (size_t piece : {size_t(5), size_t(20), all.size()}) {
+        const size_t n = std::min(piece, all.size() - at);
+        if (n) w.data(i, all.subspan(at, n));
+        at += n;
+      }
+      w.end_tensor(i);
+    }
+    w.finish();
+  }
+  return sink.bytes;
+}
+
+void check_manifest_equal(const stream::Manifest& got, const stream::Manifest& want) {
+  CHECK(got.producer == want.producer);
+  REQUIRE(got.metadata.has_value() == want.metadata.has_value());
+  if (want.metadata) CHECK(*got.metadata == *want.metadata);
+  REQUIRE(got.tensors.size() == want.tensors.size());
+  for (size_t i = 0; i < want.tensors.size(); ++i) {
+    INFO("tensor " << i);
+    CHECK(got.tensors[i].name == want.tensors[i].name);
+    CHECK(got.tensors[i].dtype == want.tensors[i].dtype);
+    CHECK(got.tensors[i].shape == want.tensors[i].shape);
+    CHECK(got.tensors[i].nbytes == want.tensors[i].nbytes);
+    CHECK(got.tensors[i].source == want.tensors[i].source);
+  }
+}
+
+}  // namespace
+
+// ================================================================== tests
+
+TEST_CASE("Writer -> Reader round trip through memory", "[stream]") {
+  const auto m = test_manifest();
+  const auto d = test_data(m);
+  const Bytes s = write_test_stream();
+  for (size_t max_read : {SIZE_MAX, size_t(1), size_t(3), size_t(8), size_t(25)}) {
+    INFO("max_read " << max_read);
+    ReadBack rb = read_all(s, max_read);
+    check_manifest_equal(rb.manifest, m);
+    CHECK(!rb.manifest.matching.has_value());
+    CHECK(rb.tensors == d);
+    REQUIRE(rb.hashes.size() == d.size());
+    for (size_t i = 0; i < d.size(); ++i) CHECK(rb.hashes[i] == xxh(d[i]));
+    // event order: per tensor, DATA in order (offsets contiguous), one TENSOR_END; then END
+    uint32_t cur = 0;
+    uint64_t got = 0;
+    for (size_t k = 0; k < rb.events.size(); ++k) {
+      const Ev& e = rb.events[k];
+      INFO("event " << k);
+      if (e.kind == stream::Event::Kind::Data) {
+        CHECK(e.tensor == cur);
+        CHECK(e.offset == got);
+        CHECK(!e.data.empty());
+        got += e.data.size();
+      } else if (e.kind == stream::Event::Kind::TensorEnd) {
+        CHECK(e.tensor == cur);
+        CHECK(got == d[cur].size());
+        ++cur;
+        got = 0;
+      } else {
+        CHECK(k + 1 == rb.events.size());
+        CHECK(cur == d.size());
+      }
+    }
+    CHECK(rb.events.back().kind == stream::Event::Kind::End);
+  }
+  // one byte per read gives the same events as one read
+  CHECK(read_all(s, 1).events == read_all(s).events);
+}
+
+TEST_CASE("byte layout follows docs/stream-format.md", "[stream][layout]") {
+  const auto m = test_manifest();
+  const auto d = test_data(m);
+  const Bytes s = write_test_stream();
+  std::vector<Frame> fr;
+  const std::string err = parse_layout(s, fr);
+  INFO(err);
+  REQUIRE(err.empty());
+
+  SECTION("preamble") {
+    const uint8_t magic[8] = {0x89, 0x53, 0x54, 0x53, 0x0D, 0x0A, 0x1A, 0x0A};
+    CHECK(std::memcmp(s.data(), magic, 8) == 0);
+    CHECK(rd(&s[8], 2) == 1);
+    CHECK(rd(&s[10], 2) == 0);
+    CHECK(rd(&s[12], 4) == 0);
+    CHECK(rd(&s[16], 8) == xxh(s.data(), 16));
+    CHECK(fr.front().pos == 24);
+  }
+  SECTION("frame sequence, DATA and TENSOR_END payloads, END") {
+    REQUIRE(fr.size() >= 2);
+    CHECK(fr.front().type == stream::kFrameManifest);
+    CHECK(fr.back().type == stream::kFrameEnd);
+    uint32_t cur = 0;
+    uint64_t got = 0, data_bytes = 0;
+    Bytes hashes;
+    for (size_t i = 1; i + 1 < fr.size(); ++i) {
+      const Frame& f = fr[i];
+      INFO("frame " << i << " at " << f.pos);
+      CHECK(f.pos % 8 == 0);
+      if (f.type == stream::kFrameData) {
+        REQUIRE(f.len > 16);
+        CHECK(f.len - 16 <= kChunk);
+        CHECK(rd(&f.payload[0], 4) == cur);
+        CHECK(rd(&f.payload[4], 4) == 0);
+        CHECK(rd(&f.payload[8], 8) == got);
+        REQUIRE(cur < d.size());
+        REQUIRE(got + (f.len - 16) <= d[cur].size());
+        CHECK(std::equal(f.payload.begin() + 16, f.payload.end(), d[cur].begin() + long(got)));
+        got += f.len - 16;
+        data_bytes += f.len - 16;
+      } else {
+        REQUIRE(f.type == stream::kFrameTensorEnd);
+        REQUIRE(f.len == 24);
+        CHECK(rd(&f.payload[0], 4) == cur);
+        CHECK(rd(&f.payload[4], 4) == 0);
+        CHECK(rd(&f.payload[8], 8) == d[cur].size());
+        CHECK(got == d[cur].size());
+        CHECK(rd(&f.payload[16], 8) == xxh(d[cur]));
+        hashes.insert(hashes.end(), f.payload.begin() + 16, f.payload.end());
+        ++cur;
+        got = 0;
+      }
+    }
+    CHECK(cur == d.size());
+    const Frame& e = fr.back();
+    REQUIRE(e.len == 32);
+    CHECK(rd(&e.payload[0], 8) == d.size());
+    CHECK(rd(&e.payload[8], 8) == data_bytes);
+    CHECK(data_bytes == 24 + 0 + 4 + 37 + 6);
+    CHECK(rd(&e.payload[16], 8) == fr.size() - 1);
+    CHECK(rd(&e.payload[24], 8) == xxh(hashes));
+    CHECK(e.pos + 24 + 32 == s.size());  // nothing after END
+  }
+  SECTION("manifest JSON (§5)") {
+    const Frame& mf = fr.front();
+    rapidjson::Document doc;
+    doc.Parse(reinterpret_cast<const char*>(mf.payload.data()), mf.payload.size());
+    REQUIRE(!doc.HasParseError());
+    REQUIRE(doc.IsObject());
+    REQUIRE(doc.HasMember("format"));
+    CHECK(std::string(doc["format"].GetString()) == "st-stream");
+    REQUIRE(doc.HasMember("version"));
+    CHECK(std::string(doc["version"].GetString()) == "1.0");
+    REQUIRE(doc.HasMember("producer"));
+    CHECK(std::string(doc["producer"].GetString()) == m.producer);
+    REQUIRE(doc.HasMember("metadata"));
+    REQUIRE(doc["metadata"].IsObject());
+    size_t k = 0;
+    for (auto it = doc["metadata"].MemberBegin(); it != doc["metadata"].MemberEnd(); ++it, ++k) {
+      REQUIRE(k < m.metadata->size());
+      CHECK(std::string(it->name.GetString(), it->name.GetStringLength()) == (*m.metadata)[k].first);
+      CHECK(std::string(it->value.GetString(), it->value.GetStringLength()) == (*m.metadata)[k].second);
+    }
+    CHECK(k == m.metadata->size());
+    REQUIRE(doc.HasMember("tensors"));
+    const auto& ts = doc["tensors"];
+    REQUIRE(ts.IsArray());
+    REQUIRE(ts.Size() == m.tensors.size());
+    for (rapidjson::SizeType i = 0; i < ts.Size(); ++i) {
+      INFO("tensor " << i);
+      const auto& t = ts[i];
+      CHECK(std::string(t["name"].GetString(), t["name"].GetStringLength()) == m.tensors[i].name);
+      CHECK(std::string(t["dtype"].GetString()) == std::string(st::dtype_name(m.tensors[i].dtype)));
+      REQUIRE(t["shape"].IsArray());
+      CHECK(t["shape"].Size() == m.tensors[i].shape.size());
+      for (rapidjson::SizeType j = 0; j < t["shape"].Size(); ++j)
+        CHECK(t["shape"][j].GetUint64() == m.tensors[i].shape[j]);
+      CHECK(t["nbytes"].GetUint64() == m.tensors[i].nbytes);
+      if (!m.tensors[i].source.empty()) {
+        REQUIRE(t.HasMember("source"));
+        CHECK(std::string(t["source"].GetString()) == m.tensors[i].source);
+      }
+    }
+    CHECK(!doc.HasMember("matching"));
+  }
+}
+
+TEST_CASE("smallest stream (§12): no tensors, null metadata", "[stream][layout]") {
+  stream::Manifest m;
+  m.producer = "x";
+  st::io::MemorySink sink;
+  {
+    stream::Writer w(sink);
+    w.begin(m);
+    w.finish();
+  }
+  std::vector<Frame> fr;
+  const std::string err = parse_layout(sink.bytes, fr);
+  INFO(err);
+  REQUIRE(err.empty());
+  REQUIRE(fr.size() == 2);
+  CHECK(fr[0].type == stream::kFrameManifest);
+  rapidjson::Document doc;
+  doc.Parse(reinterpret_cast<const char*>(fr[0].payload.data()), fr[0].payload.size());
+  REQUIRE(!doc.HasParseError());
+  REQUIRE(doc.HasMember("metadata"));
+  CHECK(doc["metadata"].IsNull());
+  REQUIRE(doc.HasMember("tensors"));
+  CHECK(doc["tensors"].IsArray());
+  CHECK(doc["tensors"].Size() == 0);
+  CHECK(fr[1].type == stream::kFrameEnd);
+  REQUIRE(fr[1].len == 32);
+  CHECK(rd(&fr[1].payload[0], 8) == 0);
+  CHECK(rd(&fr[1].payload[8], 8) == 0);
+  CHECK(rd(&fr[1].payload[16], 8) == 1);
+  CHECK(rd(&fr[1].payload[24], 8) == xxh(nullptr, 0));
+  auto rb = read_all(sink.bytes);
+  CHECK(rb.manifest.tensors.empty());
+  CHECK(!rb.manifest.metadata.has_value());
+  CHECK(rb.events.size() == 1);
+}
+
+TEST_CASE("matching survives the manifest round trip", "[stream]") {
+  stream::Manifest m;
+  m.producer = "st-scales test";
+  m.tensors = {ti("w", Dtype::F8_E4M3, {4, 8}, 32), ti("w_scale", Dtype::F32, {4, 1}, 16),
+               ti("b.weight", Dtype::F8_E4M3, {200, 130}, 26000),
+               ti("b.weight_scale_inv", Dtype::F32, {2, 2}, 16), ti("c.weight", Dtype::F8_E5M2, {2}, 2)};
+  stream::Matching mt;
+  mt.pairs = {{"w", "w_scale", stream::ScaleLayout::PerRow, 0, 0},
+              {"b.weight", "b.weight_scale_inv", stream::ScaleLayout::Block, 128, 128},
+              {"c.weight", "", stream::ScaleLayout::PerTensor, 0, 0}};
+  mt.drop = {"w_scale", "b.weight_scale_inv"};
+  mt.problems = {{"no-scale", "c.weight", "no scale found; cast with scale 1 \xC3\xA9"}};
+  mt.block_rows = 128;
+  mt.block_cols = 128;
+  m.matching = mt;
+
+  auto check = [&](const stream::Manifest& g) {
+    REQUIRE(g.matching.has_value());
+    const auto& x = *g.matching;
+    REQUIRE(x.pairs.size() == 3);
+    for (size_t i = 0; i < 3; ++i) {
+      INFO("pair " << i);
+      CHECK(x.pairs[i].weight == mt.pairs[i].weight);
+      CHECK(x.pairs[i].scale == mt.pairs[i].scale);
+      if (!mt.pairs[i].scale.empty()) CHECK(x.pairs[i].layout == mt.pairs[i].layout);
+    }
+    CHECK(x.pairs[1].block_rows == 128);
+    CHECK(x.pairs[1].block_cols == 128);
+    CHECK(x.drop == mt.drop);
+    REQUIRE(x.problems.size() == 1);
+    CHECK(x.problems[0].kind == "no-scale");
+    CHECK(x.problems[0].tensor == "c.weight");
+    CHECK(x.problems[0].detail == mt.problems[0].detail);
+    CHECK(x.block_rows == 128);
+    CHECK(x.block_cols == 128);
+  };
+  SECTION("encode_manifest / decode_manifest") {
+    auto g = stream::decode_manifest(stream::encode_manifest(m));
+    check_manifest_equal(g, m);
+    check(g);
+  }
+  SECTION("through Writer and Reader") {
+    st::io::MemorySink sink;
+    {
+      stream::Writer w(sink);
+      w.begin(m);
+      for (uint32_t i = 0; i < m.tensors.size(); ++i) {
+        Bytes b(m.tensors[i].nbytes, uint8_t(i));
+        w.data(i, b);
+        w.end_tensor(i);
+      }
+      w.finish();
+    }
+    auto rb = read_all(sink.bytes);
+    check(rb.manifest);
+  }
+}
+
+TEST_CASE("hand-built streams written from the spec are read", "[stream][spec]") {
+  SECTION("two tensors") {
+    auto rb = read_all(assemble(with_end(hand_frames())));
+    REQUIRE(rb.manifest.tensors.size() == 2);
+    CHECK(rb.manifest.producer == "hand");
+    CHECK(rb.manifest.tensors[0].name == "t0");
+    CHECK(rb.manifest.tensors[1].dtype == Dtype::F32);
+    CHECK(rb.tensors[0] == kT0);
+    CHECK(rb.tensors[1] == kT1);
+    CHECK(rb.hashes == std::vector<uint64_t>{xxh(kT0), xxh(kT1)});
+  }
+  SECTION("re-chunked into one-byte DATA frames, a skippable frame, minor version 7, unknown fields") {
+    std::string json = kHandManifest;
+    json.insert(json.size() - 1, R"(,"future":{"x":[1,2]})");
+    json.replace(json.find(R"("nbytes":3})"), 11, R"("nbytes":3,"later":true})");
+    std::vector<F> fr = {manifest_frame(json), F{0x80000000u, str_bytes("ignore me")}};
+    for (uint64_t i = 0; i < 3; ++i) fr.push_back(data_frame(0, i, {kT0[i]}));
+    fr.push_back(tensor_end_frame(0, 3, xxh(kT0)));
+    fr.push_back(F{0xFFFFFFFFu, {}});
+    fr.push_back(data_frame(1, 0, {kT1[0], kT1[1]}));
+    fr.push_back(data_frame(1, 2, {kT1[2], kT1[3]}));
+    fr.push_back(tensor_end_frame(1, 4, xxh(kT1)));
+    auto rb = read_all(assemble(with_end(fr), preamble(1, 7)));
+    CHECK(rb.tensors[0] == kT0);
+    CHECK(rb.tensors[1] == kT1);
+    size_t data_events = 0;
+    for (auto& e : rb.events) data_events += e.kind == stream::Event::Kind::Data;
+    CHECK(data_events >= 5);
+  }
+  SECTION("an empty tensor is just a TENSOR_END") {
+    const std::string json =
+        R"({"format":"st-stream","version":"1.0","producer":"hand","metadata":{"k":"v"},"tensors":[)"
+        R"({"name":"z","dtype":"F16","shape":[0],"nbytes":0}]})";
+    auto rb = read_all(assemble(with_end({manifest_frame(json), tensor_end_frame(0, 0, xxh(nullptr, 0))})));
+    REQUIRE(rb.manifest.tensors.size() == 1);
+    CHECK(rb.tensors[0].empty());
+    REQUIRE(rb.manifest.metadata.has_value());
+    CHECK(rb.manifest.metadata->at(0).second == "v");
+  }
+}
+
+TEST_CASE("hand-built streams that break a §10 rule are rejected", "[stream][spec]") {
+  const auto base = hand_frames();
+  REQUIRE(!rejected(assemble(with_end(base))));  // control
+
+  auto replaced = [&](size_t i, F f) {
+    auto fr = base;
+    fr[i] = std::move(f);
+    return assemble(with_end(fr));
+  };
+  const std::string good = kHandManifest;
+  auto manifest_with = [&](const std::string& from, const std::string& to) {
+    std::string j = good;
+    REQUIRE(j.find(from) != std::string::npos);
+    j.replace(j.find(from), from.size(), to);
+    return replaced(0, manifest_frame(j));
+  };
+  Bytes after_end = assemble(with_end(base));
+  append_frame(after_end, F{0x80000000u, {}});
+  Bytes zeros_after_end = assemble(with_end(base));
+  zeros_after_end.resize(zeros_after_end.size() + 8, 0);
+  auto wrong_end = [&](int field) {
+    F e = end_for(base);
+    e.payload[size_t(field) * 8] ^= 1;
+    auto fr = base;
+    fr.push_back(e);
+    return assemble(fr);
+  };
+  F flagged = base[1];
+  flagged.flags = 1;
+  auto no_te = base;
+  no_te.erase(no_te.begin() + 2);
+  auto two_manifests = base;
+  two_manifests.insert(two_manifests.begin() + 1, manifest_frame(kHandManifest));
+  auto data_first = base;
+  std::swap(data_first[0], data_first[1]);
+  auto empty_data = base;
+  empty_data.insert(empty_data.begin() + 1, data_frame(0, 0, {}));
+
+  const struct { const char* name; Bytes s; } cases[] = {
+      {"major version 2", assemble(with_end(base), preamble(2, 0))},
+      {"major version 0", assemble(with_end(base), preamble(0, 0))},
+      {"preamble reserved", assemble(with_end(base), preamble(1, 0, 1))},
+      {"frame flags", replaced(1, flagged)},
+      {"unknown type 6", assemble(with_end([&] { auto f = base; f.insert(f.begin() + 1, F{6, {}}); return f; }()))},
+      {"unknown type 0", assemble(with_end([&] { auto f = base; f.insert(f.begin() + 1, F{0, {}}); return f; }()))},
+      {"TENSOR_END length 25", replaced(2, [&] { F f = base[2]; f.payload.push_back(0); return f; }())},
+      {"skippable over 16 MiB", assemble(with_end([&] { auto f = base; f.insert(f.begin() + 1, F{0x80000001u, Bytes((16u << 20) + 1)}); return f; }()))},
+      {"ABORT over 64 KiB", assemble({manifest_frame(good), F{stream::kFrameAbort, Bytes((64u << 10) + 1, 'x')}})},
+      {"DATA with no bytes", assemble(with_end(empty_data))},
+      {"DATA wrong tensor", replaced(1, data_frame(1, 0, kT0))},
+      {"DATA reserved", replaced(1, data_frame(0, 0, kT0, 1))},
+      {"DATA offset gap", replaced(1, data_frame(0, 1, kT0))},
+      {"DATA past size", replaced(1, data_frame(0, 0, {1, 2, 3, 4}))},
+      {"TENSOR_END wrong size", replaced(2, tensor_end_frame(0, 2, xxh(kT0)))},
+      {"TENSOR_END wrong checksum", replaced(2, tensor_end_frame(0, 3, xxh(kT1)))},
+      {"TENSOR_END wrong index", replaced(2, tensor_end_frame(1, 3, xxh(kT0)))},
+      {"TENSOR_END reserved", replaced(2, tensor_end_frame(0, 3, xxh(kT0), 1))},
+      {"missing TENSOR_END", assemble(with_end(no_te))},
+      {"END tensor count", wrong_end(0)},
+      {"END data bytes", wrong_end(1)},
+      {"END frame count", wrong_end(2)},
+      {"END stream checksum", wrong_end(3)},
+      {"no END", assemble(base)},
+      {"frame after END", after_end},
+      {"zero bytes after END", zeros_after_end},
+      {"second MANIFEST", assemble(with_end(two_manifests))},
+      {"DATA before MANIFEST", assemble(with_end(data_first))},
+      {"no MANIFEST", assemble({end_frame(0, 0, 0, xxh(nullptr, 0))})},
+      {"manifest format", manifest_with(R"("format":"st-stream")", R"("format":"st-streams")")},
+      {"manifest not JSON", replaced(0, manifest_frame("{\"format\":\"st-stream\","))},
+      {"manifest nbytes", manifest_with(R"("nbytes":3)", R"("nbytes":4)")},
+      {"manifest dtype", manifest_with(R"("dtype":"U8")", R"("dtype":"U9")")},
+      {"manifest shape", manifest_with(R"("shape":[3])", R"("shape":[-3])")},
+      {"manifest nbytes float", manifest_with(R"("nbytes":3)", R"("nbytes":3.0)")},
+      {"manifest duplicate name", manifest_with(R"("name":"t1")", R"("name":"t0")")},
+      {"manifest bad UTF-8", manifest_with(R"("producer":"hand")", "\"producer\":\"h\xC0\xAF\"")},
+      {"manifest no tensors", manifest_with(R"(,"tensors":[)", R"(,"tensorz":[)")},
+  };
+  for (const auto& c : cases) {
+    INFO(c.name);
+    CHECK(rejected(c.s));
+  }
+}
+
+TEST_CASE("claimed payload lengths over a type's limit are refused before allocating",
+          "[stream][spec]") {
+  // Frame headers only, with a valid checksum over header + (absent) payload:
+  // the reader must refuse the length, not try to allocate or read it.
+  auto header_only = [](uint32_t type, uint64_t len) {
+    Bytes s = preamble();
+    if (type != stream::kFrameManifest) append_frame(s, manifest_frame(kHandManifest));
+    Bytes h;
+    put(h, type, 4);
+    put(h, 0, 4);
+    put(h, len, 8);
+    put(h, xxh(h), 8);
+    s.insert(s.end(), h.begin(), h.end());
+    return s;
+  };
+  const struct { const char* name; uint32_t type; uint64_t len; } cases[] = {
+      {"MANIFEST 2^63", stream::kFrameManifest, 1ull << 63},
+      {"MANIFEST 256 MiB + 1", stream::kFrameManifest, (256ull << 20) + 1},
+      {"DATA 2^63", stream::kFrameData, 1ull << 63},
+      {"DATA 16 + 16 MiB + 1", stream::kFrameData, 16 + (16ull << 20) + 1},
+      {"TENSOR_END 2^62", stream::kFrameTensorEnd, 1ull << 62},
+      {"END 2^62", stream::kFrameEnd, 1ull << 62},
+      {"ABORT 2^63", stream::kFrameAbort, 1ull << 63},
+      {"skippable 2^64-1", 0x80000000u, ~0ull},
+  };
+  for (const auto& c : cases) {
+    INFO(c.name);
+    CHECK(rejected(header_only(c.type, c.len)));
+  }
+  SECTION("a skippable frame of exactly 16 MiB is accepted") {
+    auto fr = hand_frames();
+    fr.insert(fr.begin() + 1, F{0x80000002u, Bytes(16u << 20, 0x5A)});
+    auto rb = read_all(assemble(with_end(fr)));
+    CHECK(rb.tensors[0] == kT0);
+  }
+}
+
+TEST_CASE("the default Writer splits a large tensor into DATA frames of at most 4 MiB",
+          "[stream][layout]") {
+  stream::Manifest m;
+  m.producer = "big";
+  m.tensors = {ti("big", Dtype::U8, {9u << 20}, 9u << 20)};
+  Bytes d(9u << 20);
+  for (size_t i = 0; i < d.size(); ++i) d[i] = uint8_t(i * 31 + (i >> 12));
+  st::io::MemorySink sink;
+  {
+    stream::Writer w(sink);
+    w.begin(m);
+    w.data(0, d);
+    w.end_tensor(0);
+    w.finish();
+  }
+  std::vector<Frame> fr;
+  REQUIRE(parse_layout(sink.bytes, fr).empty());
+  size_t data_frames = 0;
+  for (const Frame& f : fr)
+    if (f.type == stream::kFrameData) {
+      ++data_frames;
+      CHECK(f.len - 16 <= stream::kDefaultChunkBytes);
+    }
+  CHECK(data_frames >= 3);
+  auto rb = read_all(sink.bytes);
+  CHECK(rb.tensors[0] == d);
+  CHECK(rb.hashes[0] == xxh(d));
+}
+
+TEST_CASE("every single-byte flip is detected", "[stream][corruption]") {
+  const Bytes s = write_test_stream();
+  REQUIRE(!rejected(s));
+  CHECK(s.size() > 600);  // preamble, manifest, 11 frames
+  size_t undetected = 0, unnamed = 0;
+  std::string where, unnamed_example;
+  for (size_t i = 0; i < s.size(); ++i) {
+    Bytes c = s;
+    c[i] ^= 0xFF;
+    std::string msg;
+    if (!rejected(c, SIZE_MAX, &msg)) {
+      if (undetected++ < 10) where += std::to_string(i) + " ";
+    } else if (msg.find("test-stream") == std::string::npos) {
+      // §10: the message names the input
+      if (unnamed++ == 0) unnamed_example = "byte " + std::to_string(i) + ": " + msg;
+    }
+  }
+  INFO("stream size " << s.size() << "; undetected flips at byte " << where);
+  CHECK(undetected == 0);
+  INFO("first message without the input's name: " << unnamed_example);
+  CHECK(unnamed == 0);
+}
+
+TEST_CASE("every truncation is detected", "[stream][corruption]") {
+  const Bytes s = write_test_stream();
+  size_t undetected = 0;
+  std::string where;
+  for (size_t n = 0; n < s.size(); ++n) {
+    Bytes c(s.begin(), s.begin() + long(n));
+    if (!rejected(c, n % 2 ? 1 : SIZE_MAX)) {
+      if (undetected++ < 10) where += std::to_string(n) + " ";
+    }
+  }
+  INFO("stream size " << s.size() << "; undetected truncation lengths " << where);
+  CHECK(undetected == 0);
+}
+
+TEST_CASE("a Writer destroyed before finish() leaves an ABORT frame", "[stream][abort]") {
+  const auto m = test_manifest();
+  const auto d = test_data(m);
+  auto check_abort_tail = [](const Bytes& s) {
+    std::vector<Frame> fr;
+    const std::string err = parse_layout(s, fr);
+    INFO(err);
+    REQUIRE(err.empty());
+    REQUIRE(!fr.empty());
+    CHECK(fr.back().type == stream::kFrameAbort);
+    CHECK(fr.back().len <= 65536);
+  };
+  SECTION("before begin(): preamble + ABORT") {
+    st::io::MemorySink sink;
+    { stream::Writer w(sink); }
+    check_abort_tail(sink.bytes);
+    CHECK(upstream_failed(sink.bytes));
+    CHECK(sink.bytes.size() >= 48);
+  }
+  SECTION("after some data") {
+    st::io::MemorySink sink;
+    {
+      stream::Writer w(sink, kChunk);
+      w.begin(m);
+      w.data(0, d[0]);
+      w.end_tensor(0);
+      w.end_tensor(1);
+      w.data(2, std::span<const uint8_t>(d[2]).first(2));
+    }
+    check_abort_tail(sink.bytes);
+    CHECK(upstream_failed(sink.bytes));
+  }
+  SECTION("unwinding an exception") {
+    st::io::MemorySink sink;
+    try {
+      stream::Writer w(sink, kChunk);
+      w.begin(m);
+      w.data(0, std::span<const uint8_t>(d[0]).first(7));
+      throw std::runtime_error("stage failed");
+    } catch (const std::runtime_error&) {
+    }
+    check_abort_tail(sink.bytes);
+    CHECK(upstream_failed(sink.bytes));
+  }
+  SECTION("a hand-built ABORT right after the preamble") {
+    CHECK(upstream_failed(assemble({F{stream::kFrameAbort, str_bytes("reason")}})));
+  }
+  SECTION("nothing is added after finish()") {
+    st::io::MemorySink sink;
+    Bytes at_finish;
+    {
+      stream::Writer w(sink);
+      w.begin(m);
+      for (uint32_t i = 0; i < d.size(); ++i) {
+        w.data(i, d[i]);
+        w.end_tensor(i);
+      }
+      w.finish();
+      at_finish = sink.bytes;
+    }
+    CHECK(sink.bytes == at_finish);
+    CHECK(!rejected(sink.bytes));
+  }
+}
+
+TEST_CASE("Writer refuses data for the wrong tensor", "[stream][writer]") {
+  const auto m = test_manifest();
+  const auto d = test_data(m);
+  st::io::MemorySink sink;
+  stream::Writer w(sink);
+  w.begin(m);
+  const Bytes one = {1};
+  CHECK_THROWS(w.data(1, one));   // tensor 0 is current
+  CHECK_THROWS(w.data(4, one));
+  CHECK_THROWS(w.data(99, one));  // no such tensor
+  w.data(0, d[0]);
+  w.end_tensor(0);
+  CHECK_THROWS(w.data(0, one));   // already ended
+}
+
+TEST_CASE("Writer never produces an invalid stream from a misuse", "[stream][writer]") {
+  const auto m = test_manifest();
+  const auto d = test_data(m);
+  auto outcome = [&](auto&& ops) {
+    st::io::MemorySink sink;
+    bool threw = false;
+    try {
+      stream::Writer w(sink, kChunk);
+      w.begin(m);
+      ops(w);
+      w.finish();
+    } catch (const std::exception&) {
+      threw = true;
+    }
+    return threw || rejected(sink.bytes);
+  };
+  CHECK(outcome([&](stream::Writer& w) {  // too many bytes
+    Bytes more = d[0];
+    more.push_back(0);
+    w.data(0, more);
+  }));
+  CHECK(outcome([&](stream::Writer& w) {  // end_tensor before all bytes
+    w.data(0, std::span<const uint8_t>(d[0]).first(10));
+    w.end_tensor(0);
+  }));
+  CHECK(outcome([&](stream::Writer& w) {  // finish before all tensors
+    w.data(0, d[0]);
+    w.end_tensor(0);
+  }));
+  SECTION("an empty data() call writes no empty DATA frame") {
+    st::io::MemorySink sink;
+    {
+      stream::Writer w(sink);
+      w.begin(m);
+      for (uint32_t i = 0; i < d.size(); ++i) {
+        w.data(i, Bytes{});
+        w.data(i, d[i]);
+        w.end_tensor(i);
+      }
+      w.finish();
+    }
+    std::vector<Frame> fr;
+    REQUIRE(parse_layout(sink.bytes, fr).empty());
+    for (const Frame& f : fr)
+      if (f.type == stream::kFrameData) CHECK(f.len > 16);
+    CHECK(read_all(sink.bytes).tensors == d);
+  }
+}
+
+TEST_CASE("looks_like_safetensors", "[stream]") {
+  std::string st_file = std::string("\x50\0\0\0\0\0\0\0", 8) + R"({"__metadata__":{}})";
+  Bytes sf(st_file.begin(), st_file.end());
+  CHECK(stream::looks_like_safetensors(std::span<const uint8_t>(sf).first(16)));
+  const Bytes s = write_test_stream();
+  CHECK(!stream::looks_like_safetensors(std::span<const uint8_t>(s).first(16)));
+}
