@@ -103,6 +103,28 @@ void add_progress_options(cxxopts::Options& o) {
       "no-progress", "never show progress");
 }
 
+void add_match_options(cxxopts::Options& o) {
+  std::string names;
+  for (const auto& n : scales::convention_names()) names += (names.empty() ? "" : ", ") + n;
+  o.add_options("matching")(
+      "block", "block size of 2-D scale grids, or 1xG for groups along a row (default: config.json, else 128x128)",
+      cxxopts::value<std::string>(), "RxC")("convention", "use only this naming convention: " + names,
+                                            cxxopts::value<std::string>(), "NAME")(
+      "u8-as", "U8/I8 tensors that have a scale hold FP8 bytes of this type: e4m3fn, e5m2, e4m3fnuz, e5m2fnuz",
+      cxxopts::value<std::string>(), "TYPE")("strict", "an FP8 weight without a scale is an error, not a warning")(
+      "keep-scales", "keep the activation and KV scales (input_scale, k_scale, ...) of converted layers");
+}
+
+scales::Options match_options(const cxxopts::ParseResult& r) {
+  scales::Options opt;
+  if (r.count("block")) opt.block = scales::parse_block(r["block"].as<std::string>());
+  if (r.count("convention")) opt.convention = r["convention"].as<std::string>();
+  if (r.count("u8-as")) opt.u8_as = scales::parse_fp8_format(r["u8-as"].as<std::string>());
+  opt.strict = r.count("strict") > 0;
+  opt.keep_scales = r.count("keep-scales") > 0;
+  return opt;
+}
+
 bool progress_enabled(const cxxopts::ParseResult& r) {
   if (r.count("no-progress") || r.count("quiet")) return false;
   if (r.count("progress")) return true;

@@ -6,6 +6,8 @@
 #include <functional>
 #include <string>
 
+#include "scales.hpp"
+
 namespace st::cli {
 
 enum ExitCode { kOk = 0, kDataError = 1, kUsageError = 2 };
@@ -27,6 +29,11 @@ bool handle_help_version(cxxopts::Options& o, const cxxopts::ParseResult& r, con
 // (stderr is a terminal) and --quiet.
 void add_progress_options(cxxopts::Options& o);
 bool progress_enabled(const cxxopts::ParseResult& r);
+
+// The matching options shared by st-scales, st-dequant and st-convert:
+// --block, --convention, --u8-as, --strict, --keep-scales.
+void add_match_options(cxxopts::Options& o);
+scales::Options match_options(const cxxopts::ParseResult& r);
 
 // Binary output to a terminal is refused unless forced (-f).
 void refuse_binary_to_tty(bool force);

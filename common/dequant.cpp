@@ -5,6 +5,7 @@
 
 #include "error.hpp"
 #include "json_util.hpp"
+#include "scales_stage.hpp"
 
 namespace st::dequant {
 
@@ -15,7 +16,8 @@ using stream::TensorInfo;
 
 void convert_chunk(const TensorInfo& w, const ScalePairing& pair, const std::vector<float>& scale,
                    fp8::Target target, uint64_t first, const uint8_t* in, size_t n, uint8_t* out) {
-  const auto& lut = fp8::decode_table(w.dtype);
+  const Dtype format = is_fp8_weight_dtype(w.dtype) ? w.dtype : pair.format;
+  const auto& lut = fp8::decode_table(format);
   const size_t ob = fp8::target_bytes(target);
   if (pair.scale.empty() || pair.layout == ScaleLayout::PerTensor) {
     fp8::convert_run(lut, in, n, pair.scale.empty() ? 1.0f : scale.at(0), target, out);
@@ -58,38 +60,47 @@ std::string name_list(const std::vector<std::string>& names) {
   return s;
 }
 
+bool rematch_requested(const scales::Options& o) {
+  return o.block || !o.convention.empty() || o.u8_as || o.keep_scales;
+}
+
 }  // namespace
 
 Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const Warn& warn) {
   const stream::Manifest& m = in.manifest();
+  size_t nmarkers = 0;
+  const scales::MarkerData markers = scales::read_markers(in, nmarkers);
   stream::Matching mt;
-  if (m.matching && !opt.match.block) {
+  if (m.matching && !rematch_requested(opt.match)) {
     mt = *m.matching;
     scales::validate(m, mt);
   } else {
-    mt = scales::match(m.tensors, opt.match);
+    mt = scales::match(m, markers, opt.match);
   }
   for (const auto& p : mt.problems)
-    if (scales::is_fatal(p)) fail("tensor " + json::quote(p.tensor) + ": " + p.detail);
+    if (scales::is_fatal(p, opt.match.strict))
+      fail("tensor " + json::quote(p.tensor) + ": " + (p.kind == scales::kNoScale ? "FP8 weight without a scale (--strict)" : p.detail));
 
   const size_t n = m.tensors.size();
   std::unordered_map<std::string, size_t> index;
   for (size_t i = 0; i < n; ++i) index.emplace(m.tensors[i].name, i);
   std::vector<Action> action(n, Action::Pass);
-  std::vector<long> pair_of(n, -1);       // Convert: index into mt.pairs
-  std::vector<long> scale_of(n, -1);      // Convert: input index of its scale
+  std::vector<long> pair_of(n, -1);   // Convert: index into mt.pairs
+  std::vector<long> scale_of(n, -1);  // Convert: input index of its scale
+  std::vector<long> scale2_of(n, -1); // Convert: input index of its second scale
   for (const auto& d : mt.drop) action[index.at(d)] = Action::Drop;
   for (size_t k = 0; k < mt.pairs.size(); ++k) {
     const auto& p = mt.pairs[k];
     const size_t w = index.at(p.weight);
     action[w] = Action::Convert;
     pair_of[w] = static_cast<long>(k);
-    if (!p.scale.empty()) {
-      const size_t s = index.at(p.scale);
+    for (const auto* sname : {&p.scale, &p.scale2}) {
+      if (sname->empty()) continue;
+      const size_t s = index.at(*sname);
       action[s] = Action::HoldScale;
-      scale_of[w] = static_cast<long>(s);
+      (sname == &p.scale ? scale_of : scale2_of)[w] = static_cast<long>(s);
       if (s > w)
-        fail("stream order: scale " + json::quote(p.scale) + " comes after its weight " + json::quote(p.weight) +
+        fail("stream order: scale " + json::quote(*sname) + " comes after its weight " + json::quote(p.weight) +
              "; stages need scales first (st-list orders them so)");
     }
   }
@@ -98,14 +109,20 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   stream::Manifest om;
   om.producer = std::string("st-dequant ") + ST_VERSION;
   om.metadata = m.metadata;
-  std::vector<long> out_index(n, -1);
-  for (size_t i = 0; i < n; ++i) {
-    const TensorInfo& t = m.tensors[i];
-    if (action[i] == Action::Drop || action[i] == Action::HoldScale) {
-      ++sum.dropped;
-      continue;
+  if (om.metadata)
+    for (const auto& e : mt.metadata_edits) {
+      auto& md = *om.metadata;
+      auto it = std::find_if(md.begin(), md.end(), [&](const auto& kv) { return kv.first == e.key; });
+      if (it == md.end()) continue;
+      if (e.value) it->second = *e.value;
+      else md.erase(it);
     }
+  std::vector<long> out_index(n, -1);
+  for (const auto& [i, name] : scales::output_names(m, mt)) {
+    if (action[i] == Action::HoldScale) continue;
+    const TensorInfo& t = m.tensors[i];
     TensorInfo o = t;
+    o.name = name;
     if (action[i] == Action::Convert) {
       o.dtype = fp8::target_dtype(opt.target);
       o.nbytes = t.nbytes * fp8::target_bytes(opt.target);
@@ -117,15 +134,14 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
     out_index[i] = static_cast<long>(om.tensors.size());
     om.tensors.push_back(std::move(o));
   }
+  sum.dropped = n - om.tensors.size();
   out.begin(om);
 
   std::vector<std::vector<uint8_t>> held(n);   // raw bytes of scales being received
   std::vector<std::vector<float>> decoded(n);  // their values once complete
   std::vector<uint8_t> buf;
   const size_t ob = fp8::target_bytes(opt.target);
-  for (;;) {
-    const Event ev = in.next();
-    if (ev.kind == Event::Kind::End) break;
+  auto handle = [&](const Event& ev) {
     const size_t i = ev.tensor;
     if (ev.kind == Event::Kind::Data) {
       switch (action[i]) {
@@ -142,26 +158,63 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
           break;
         }
       }
-    } else {  // TensorEnd
-      if (action[i] == Action::HoldScale) {
-        decoded[i] = fp8::decode_scales(m.tensors[i].dtype, held[i]);
-        std::vector<uint8_t>().swap(held[i]);
-      } else if (out_index[i] >= 0) {
-        out.end_tensor(static_cast<uint32_t>(out_index[i]));
-      }
+      return;
     }
+    if (action[i] == Action::HoldScale) {
+      // How a scale decodes is the pairing's (U8 exponents decode as E8M0).
+      Dtype format = m.tensors[i].dtype;
+      for (const auto& p : mt.pairs)
+        if (p.scale == m.tensors[i].name) format = p.scale_format;
+      decoded[i] = fp8::decode_scales(format, held[i]);
+      std::vector<uint8_t>().swap(held[i]);
+      return;
+    }
+    if (out_index[i] >= 0) out.end_tensor(static_cast<uint32_t>(out_index[i]));
+  };
+  // Fold each second-level scale into its first before the weight's data
+  // (musubi: the scale is scale_weight * scale_weight_tensor, in f32).
+  std::vector<bool> folded(n, false);
+  auto fold = [&](size_t w) {
+    if (folded[w] || scale2_of[w] < 0 || scale_of[w] < 0) return;
+    folded[w] = true;
+    const float s2 = decoded[static_cast<size_t>(scale2_of[w])].at(0);
+    for (float& v : decoded[static_cast<size_t>(scale_of[w])]) v *= s2;
+  };
+
+  for (size_t i = 0; i < nmarkers; ++i) {  // markers were read before planning
+    const auto& b = markers.at(m.tensors[i].name);
+    Event ev;
+    ev.tensor = static_cast<uint32_t>(i);
+    if (!b.empty()) {
+      ev.kind = Event::Kind::Data;
+      ev.data = b;
+      handle(ev);
+    }
+    ev.kind = Event::Kind::TensorEnd;
+    handle(ev);
+  }
+  for (;;) {
+    const Event ev = in.next();
+    if (ev.kind == Event::Kind::End) break;
+    if (ev.kind == Event::Kind::Data && ev.offset == 0 && action[ev.tensor] == Action::Convert) fold(ev.tensor);
+    handle(ev);
   }
   out.finish();
 
   if (!sum.unscaled.empty() && warn)
     warn(std::to_string(sum.unscaled.size()) + " FP8 tensor(s) had no scale and were cast with scale 1: " +
          name_list(sum.unscaled));
-  std::vector<std::string> orphans;
-  for (const auto& p : mt.problems)
+  std::vector<std::string> orphans, kept;
+  for (const auto& p : mt.problems) {
     if (p.kind == scales::kOrphanScale || p.kind == scales::kNonFp8Weight) orphans.push_back(p.tensor);
+    if (p.kind == scales::kUnconverted || p.kind == scales::kU8WithScale) kept.push_back(p.tensor);
+  }
   if (!orphans.empty() && warn)
     warn(std::to_string(orphans.size()) + " scale-like tensor(s) used by no FP8 weight passed through unchanged: " +
          name_list(orphans));
+  if (!kept.empty() && warn)
+    warn(std::to_string(kept.size()) + " quantized tensor(s) left as they are (format not converted, or U8 without --u8-as): " +
+         name_list(kept));
   return sum;
 }
 

@@ -1,6 +1,6 @@
 // The st-dequant stage: FP8 weights become fp8_value * scale in BF16/F16/F32,
-// their scales and activation scales are dropped, everything else passes
-// through bit for bit.
+// their scales, activation scales and quantization markers are dropped,
+// storage names are renamed, everything else passes through bit for bit.
 #pragma once
 
 #include <functional>
@@ -15,7 +15,9 @@ namespace st::dequant {
 
 struct Options {
   fp8::Target target = fp8::Target::BF16;
-  scales::Options match;  // a given --block re-matches even when the stream has a pairing
+  // Matching options. Any of them set (block, convention, u8_as,
+  // keep_scales) re-matches even when the stream carries a pairing.
+  scales::Options match;
 };
 
 struct Summary {
@@ -28,11 +30,14 @@ struct Summary {
 using Warn = std::function<void(const std::string&)>;
 
 // The output manifest and per-tensor plan are decided from the input
-// manifest before any data is read; then data streams through chunk by chunk.
+// manifest (and the leading marker tensors) before any weight data is read;
+// then data streams through chunk by chunk.
 Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const Warn& warn);
 
 // Dequantises `n` FP8 codes that start at element `first` of `weight`, using
 // the layout in `pair` and the decoded `scale` values; writes target bytes.
+// The codes decode as the weight's FP8 dtype, or as pair.format when the
+// weight is a U8/I8 container.
 void convert_chunk(const stream::TensorInfo& weight, const stream::ScalePairing& pair,
                    const std::vector<float>& scale, fp8::Target target, uint64_t first,
                    const uint8_t* in, size_t n, uint8_t* out);

@@ -114,6 +114,10 @@ std::string encode_manifest(const Manifest& m) {
     w.EndObject();
   }
   w.EndArray();
+  if (!m.quantization_config.empty()) {
+    key(w, "quantization_config");
+    w.RawValue(m.quantization_config.data(), m.quantization_config.size(), rapidjson::kObjectType);
+  }
   if (m.matching) {
     const Matching& mt = *m.matching;
     key(w, "matching");
@@ -129,9 +133,23 @@ std::string encode_manifest(const Manifest& m) {
       w.StartObject();
       key(w, "weight");
       put(w, p.weight);
+      key(w, "format");
+      put(w, dtype_name(p.format));
+      if (!p.output.empty()) {
+        key(w, "output");
+        put(w, p.output);
+      }
       if (!p.scale.empty()) {
         key(w, "scale");
         put(w, p.scale);
+        key(w, "scale_format");
+        put(w, dtype_name(p.scale_format));
+        if (!p.scale2.empty()) {
+          key(w, "scale2");
+          put(w, p.scale2);
+        }
+        key(w, "convention");
+        put(w, p.convention);
         key(w, "layout");
         put(w, layout_name(p.layout));
         if (p.layout == ScaleLayout::Block) {
@@ -148,6 +166,29 @@ std::string encode_manifest(const Manifest& m) {
     key(w, "drop");
     w.StartArray();
     for (const auto& d : mt.drop) put(w, d);
+    w.EndArray();
+    key(w, "rename");
+    w.StartArray();
+    for (const auto& r : mt.renames) {
+      w.StartObject();
+      key(w, "from");
+      put(w, r.from);
+      key(w, "to");
+      put(w, r.to);
+      w.EndObject();
+    }
+    w.EndArray();
+    key(w, "metadata_edits");
+    w.StartArray();
+    for (const auto& e : mt.metadata_edits) {
+      w.StartObject();
+      key(w, "key");
+      put(w, e.key);
+      key(w, "value");
+      if (e.value) put(w, *e.value);
+      else w.Null();
+      w.EndObject();
+    }
     w.EndArray();
     key(w, "problems");
     w.StartArray();
@@ -216,6 +257,14 @@ Manifest decode_manifest(std::string_view json) {
     m.tensors.push_back(std::move(info));
   }
 
+  if (auto it = doc.FindMember("quantization_config"); it != doc.MemberEnd() && !it->value.IsNull()) {
+    if (!it->value.IsObject()) bad("quantization_config is not an object");
+    rapidjson::StringBuffer qb;
+    rapidjson::Writer<rapidjson::StringBuffer> qw(qb);
+    it->value.Accept(qw);
+    m.quantization_config.assign(qb.GetString(), qb.GetSize());
+  }
+
   if (auto it = doc.FindMember("matching"); it != doc.MemberEnd()) {
     const Value& mv = it->value;
     if (!mv.IsObject()) bad("matching is not an object");
@@ -224,14 +273,28 @@ Manifest decode_manifest(std::string_view json) {
     if (!block.IsArray() || block.Size() != 2) bad("matching block is not [rows, cols]");
     mt.block_rows = get_u64(block[0], "matching block");
     mt.block_cols = get_u64(block[1], "matching block");
-    const Value& pairs = member(mv, "pairs", "matching");
-    if (!pairs.IsArray()) bad("matching pairs is not an array");
-    for (const Value& p : pairs.GetArray()) {
+    auto get_dtype = [](const Value& v, const std::string& what) {
+      const std::string n = get_string(v, what);
+      auto d = dtype_from_name(n);
+      if (!d) bad(what + " is not a dtype: " + json::quote(n));
+      return *d;
+    };
+    auto array_of = [&](const char* name) -> const Value& {
+      const Value& a = member(mv, name, "matching");
+      if (!a.IsArray()) bad(std::string("matching ") + name + " is not an array");
+      return a;
+    };
+    for (const Value& p : array_of("pairs").GetArray()) {
       if (!p.IsObject()) bad("a matching pair is not an object");
       ScalePairing sp;
       sp.weight = get_string(member(p, "weight", "a matching pair"), "pair weight");
+      sp.format = get_dtype(member(p, "format", "a matching pair"), "pair format");
+      if (auto o = p.FindMember("output"); o != p.MemberEnd()) sp.output = get_string(o->value, "pair output");
       if (auto s = p.FindMember("scale"); s != p.MemberEnd()) {
         sp.scale = get_string(s->value, "pair scale");
+        sp.scale_format = get_dtype(member(p, "scale_format", "a matching pair"), "pair scale_format");
+        if (auto s2 = p.FindMember("scale2"); s2 != p.MemberEnd()) sp.scale2 = get_string(s2->value, "pair scale2");
+        sp.convention = get_string(member(p, "convention", "a matching pair"), "pair convention");
         sp.layout = layout_from(get_string(member(p, "layout", "a matching pair"), "pair layout"));
         if (sp.layout == ScaleLayout::Block) {
           const Value& b = member(p, "block", "a block pair");
@@ -242,12 +305,21 @@ Manifest decode_manifest(std::string_view json) {
       }
       mt.pairs.push_back(std::move(sp));
     }
-    const Value& drop = member(mv, "drop", "matching");
-    if (!drop.IsArray()) bad("matching drop is not an array");
-    for (const Value& d : drop.GetArray()) mt.drop.push_back(get_string(d, "drop entry"));
-    const Value& probs = member(mv, "problems", "matching");
-    if (!probs.IsArray()) bad("matching problems is not an array");
-    for (const Value& p : probs.GetArray()) {
+    for (const Value& d : array_of("drop").GetArray()) mt.drop.push_back(get_string(d, "drop entry"));
+    for (const Value& r : array_of("rename").GetArray()) {
+      if (!r.IsObject()) bad("a rename is not an object");
+      mt.renames.push_back({get_string(member(r, "from", "a rename"), "rename from"),
+                            get_string(member(r, "to", "a rename"), "rename to")});
+    }
+    for (const Value& e : array_of("metadata_edits").GetArray()) {
+      if (!e.IsObject()) bad("a metadata edit is not an object");
+      MetadataEdit me;
+      me.key = get_string(member(e, "key", "a metadata edit"), "metadata edit key");
+      const Value& v = member(e, "value", "a metadata edit");
+      if (!v.IsNull()) me.value = get_string(v, "metadata edit value");
+      mt.metadata_edits.push_back(std::move(me));
+    }
+    for (const Value& p : array_of("problems").GetArray()) {
       if (!p.IsObject()) bad("a problem is not an object");
       mt.problems.push_back({get_string(member(p, "kind", "a problem"), "problem kind"),
                              get_string(member(p, "tensor", "a problem"), "problem tensor"),

@@ -27,23 +27,41 @@ enum class ScaleLayout { PerTensor, PerRow, Block };
 struct ScalePairing {
   std::string weight;
   std::string scale;            // "" when the weight has no scale
+  std::string scale2;           // a second, scalar factor (musubi scale_weight_tensor), or ""
+  std::string convention;       // the matcher row that paired them ("" when no scale)
+  Dtype format = Dtype::F8_E4M3;        // how the weight's bytes decode (its dtype, or the
+                                         // FP8 type of a U8/I8 container)
+  Dtype scale_format = Dtype::F32;      // how the scale's bytes decode (U8 exponents: F8_E8M0)
   ScaleLayout layout = ScaleLayout::PerTensor;
-  uint64_t block_rows = 0;      // Block only
+  uint64_t block_rows = 0;      // Block only; groups along a row are blocks of 1 x G
   uint64_t block_cols = 0;
+  std::string output;           // the converted tensor's name ("" = the weight's name)
 };
 
 // Something the matcher wants a person to know about.
 struct MatchProblem {
-  std::string kind;    // see ProblemKind strings in scales.hpp
+  std::string kind;    // see the kinds in scales.hpp
   std::string tensor;
   std::string detail;
 };
 
+struct Rename {
+  std::string from, to;
+};
+
+// A change to the output's __metadata__: set `key` to `value`, or remove it.
+struct MetadataEdit {
+  std::string key;
+  std::optional<std::string> value;
+};
+
 struct Matching {
-  std::vector<ScalePairing> pairs;  // every FP8 weight, in manifest order
-  std::vector<std::string> drop;    // activation scales etc. not needed after conversion
+  std::vector<ScalePairing> pairs;  // every FP8 weight converted, in manifest order
+  std::vector<std::string> drop;    // tensors not needed after conversion (scales, markers, ...)
+  std::vector<Rename> renames;      // tensors that pass through under another name
+  std::vector<MetadataEdit> metadata_edits;
   std::vector<MatchProblem> problems;
-  uint64_t block_rows = 128;        // block size used for weight_scale_inv grids
+  uint64_t block_rows = 128;        // block size used for 2-D scale grids
   uint64_t block_cols = 128;
 };
 
@@ -51,6 +69,9 @@ struct Manifest {
   std::string producer;
   std::optional<safetensors::Metadata> metadata;
   std::vector<TensorInfo> tensors;
+  // The quantization_config object of the model's config.json, when the
+  // source had one beside it (compact JSON text).
+  std::string quantization_config;
   std::optional<Matching> matching;
 
   // Index of a tensor by name, or -1.

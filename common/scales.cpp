@@ -1,14 +1,20 @@
 #include "scales.hpp"
 
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <set>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "error.hpp"
 #include "fp8.hpp"
 #include "json_util.hpp"
+#include "model_config.hpp"
 
 namespace st::scales {
 
@@ -24,25 +30,37 @@ bool ends_with(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// One row per naming convention: the scale of weight W is W + suffix.
-// Checked in this order; two candidates for one weight is an error.
-struct ScaleKeyRule {
-  const char* suffix;
-  const char* convention;
+// One row per naming convention. For a weight W ending in weight_suffix, with
+// P = W minus that suffix, the scale is P + scale_suffix, an optional second
+// scalar factor P + second_suffix, and the converted tensor is named
+// P + output_suffix. Two rows finding a scale for one weight is an error.
+struct Convention {
+  const char* name;
+  const char* weight_suffix;
+  const char* scale_suffix;
+  const char* output_suffix;
+  const char* second_suffix;  // nullptr: none
+  const char* producers;
 };
-constexpr ScaleKeyRule kScaleKeyRules[] = {
-    {"_scale_inv", "weight_scale_inv (DeepSeek/Qwen block scales, multiplied)"},
-    {"_scale", "weight_scale"},
+constexpr Convention kConventions[] = {
+    {"weight_scale_inv", "", "_scale_inv", "", nullptr,
+     "DeepSeek-V3/R1, Qwen3-FP8, HF fine-grained FP8 (block scales, multiplied)"},
+    {"weight_scale", "", "_scale", "", nullptr,
+     "ComfyUI mixed precision, FLUX.2, compressed-tensors, ModelOpt, FBGEMM, AutoFP8"},
+    {"scale_weight", ".weight", ".scale_weight", ".weight", ".scale_weight_tensor",
+     "ComfyUI scaled_fp8, musubi-tuner"},
+    {"qscale_weight", ".weight", ".qscale_weight", ".weight", nullptr, "Mistral native"},
+    {"torchao", ":qdata", ":scale", "", nullptr, "pytorch/ao Float8Tensor"},
+    {"torchao", "._weight_qdata", "._weight_scale", ".weight", nullptr, "pytorch/ao Float8Tensor"},
 };
 
-// Suffixes of weight-scale tensors in all known conventions, used to report
-// scales that found no weight.
+// Suffixes of weight-scale tensors, to report scales that found no weight.
 constexpr std::string_view kWeightScaleSuffixes[] = {
     "weight_scale", "weight_scale_inv", "scale_weight", "qscale_weight", ":scale", "_weight_scale",
+    "scale_weight_tensor",
 };
 
-// Activation/KV scales of a layer P (weight P.weight): not needed once the
-// weight is dequantised.
+// Activation/KV scales of a layer P: not needed once its weight is dequantised.
 constexpr std::string_view kActivationScales[] = {
     "input_scale", "scale_input", "activation_scale", "qscale_act", "input_scale_ub",
     "k_scale", "v_scale", "kv_scale", "output_scale",
@@ -56,7 +74,89 @@ uint64_t numel(const std::vector<uint64_t>& s) {
   return n;
 }
 
+// The layer a weight belongs to: W minus its storage suffix and ".weight".
+std::string layer_of(const std::string& w) {
+  if (ends_with(w, "._weight_qdata")) return w.substr(0, w.size() - 14);
+  std::string p = w;
+  if (ends_with(p, ":qdata")) p.resize(p.size() - 6);
+  if (ends_with(p, ".weight")) p.resize(p.size() - 7);
+  return p;
+}
+
+std::optional<Dtype> fp8_of_comfy_format(const std::string& f) {
+  if (f == "float8_e4m3fn") return Dtype::F8_E4M3;
+  if (f == "float8_e5m2") return Dtype::F8_E5M2;
+  return std::nullopt;
+}
+
+// ComfyUI per-layer formats, from __metadata__._quantization_metadata
+// ({"layers": {"<layer>": {"format": ...} or "<format>"}}) and from
+// `<layer>.comfy_quant` tensors (U8 bytes of {"format": ...}).
+std::map<std::string, std::string> comfy_layer_formats(const stream::Manifest& m, const MarkerData& markers,
+                                                       std::vector<MatchProblem>& problems) {
+  std::map<std::string, std::string> formats;
+  auto format_of = [](const rapidjson::Value& v) -> std::string {
+    if (v.IsString()) return v.GetString();
+    if (v.IsObject())
+      if (auto f = v.FindMember("format"); f != v.MemberEnd() && f->value.IsString()) return f->value.GetString();
+    return "";
+  };
+  if (m.metadata)
+    for (const auto& [k, v] : *m.metadata)
+      if (k == "_quantization_metadata") {
+        rapidjson::Document d;
+        d.Parse(v.c_str(), v.size());
+        if (d.HasParseError() || !d.IsObject()) {
+          problems.push_back({kUnusableScale, "__metadata__._quantization_metadata", "is not valid JSON"});
+          continue;
+        }
+        if (auto l = d.FindMember("layers"); l != d.MemberEnd() && l->value.IsObject())
+          for (auto it = l->value.MemberBegin(); it != l->value.MemberEnd(); ++it)
+            formats[it->name.GetString()] = format_of(it->value);
+      }
+  for (const auto& [name, bytes] : markers) {
+    rapidjson::Document d;
+    d.Parse(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    const std::string layer = name.size() > 12 ? name.substr(0, name.size() - 12) : "";
+    if (d.HasParseError()) {
+      problems.push_back({kUnusableScale, name, "comfy_quant marker is not valid JSON"});
+      continue;
+    }
+    formats[layer] = format_of(d);
+  }
+  return formats;
+}
+
+// torchao's metadata: `tensor_names` (a JSON list) plus, per name, keys
+// named by it or starting with "<name>:".
+std::vector<std::string> torchao_tensor_names(const stream::Manifest& m) {
+  std::vector<std::string> names;
+  if (!m.metadata) return names;
+  for (const auto& [k, v] : *m.metadata)
+    if (k == "tensor_names") {
+      rapidjson::Document d;
+      d.Parse(v.c_str(), v.size());
+      if (!d.HasParseError() && d.IsArray())
+        for (const auto& n : d.GetArray())
+          if (n.IsString()) names.emplace_back(n.GetString(), n.GetStringLength());
+    }
+  return names;
+}
+
 }  // namespace
+
+std::vector<std::string> convention_names() {
+  std::vector<std::string> out;
+  for (const auto& c : kConventions)
+    if (std::find(out.begin(), out.end(), c.name) == out.end()) out.push_back(c.name);
+  return out;
+}
+
+std::string convention_description(const std::string& name) {
+  for (const auto& c : kConventions)
+    if (name == c.name) return name + " (" + c.producers + ")";
+  return name;
+}
 
 std::string shape_text(const std::vector<uint64_t>& shape) {
   std::string s = "[";
@@ -65,6 +165,15 @@ std::string shape_text(const std::vector<uint64_t>& shape) {
     s += std::to_string(shape[i]);
   }
   return s + "]";
+}
+
+std::string layout_text(const ScalePairing& p) {
+  if (p.scale.empty()) return "none (scale 1)";
+  std::string s(stream::layout_name(p.layout));
+  if (p.layout == ScaleLayout::Block)
+    s = (p.block_rows == 1 ? "group " : "block ") + std::to_string(p.block_rows) + "x" + std::to_string(p.block_cols);
+  if (!p.scale2.empty()) s += " x " + p.scale2;
+  return s;
 }
 
 BlockSize parse_block(const std::string& text) {
@@ -76,6 +185,19 @@ BlockSize parse_block(const std::string& text) {
     if (r && c && *r > 0 && *c > 0) return {*r, *c};
   }
   usage_error("--block wants ROWSxCOLS with positive integers, e.g. 128x128, not '" + text + "'");
+}
+
+Dtype parse_fp8_format(const std::string& t) {
+  if (t == "e4m3fn" || t == "e4m3" || t == "F8_E4M3" || t == "float8_e4m3fn") return Dtype::F8_E4M3;
+  if (t == "e5m2" || t == "F8_E5M2" || t == "float8_e5m2") return Dtype::F8_E5M2;
+  if (t == "e4m3fnuz" || t == "F8_E4M3FNUZ" || t == "float8_e4m3fnuz") return Dtype::F8_E4M3FNUZ;
+  if (t == "e5m2fnuz" || t == "F8_E5M2FNUZ" || t == "float8_e5m2fnuz") return Dtype::F8_E5M2FNUZ;
+  usage_error("--u8-as wants e4m3fn, e5m2, e4m3fnuz or e5m2fnuz, not '" + t + "'");
+}
+
+bool is_marker_tensor(const TensorInfo& t) {
+  return (t.name == "comfy_quant" || ends_with(t.name, ".comfy_quant")) && t.dtype == Dtype::U8 &&
+         t.shape.size() == 1 && t.nbytes <= kMaxMarkerBytes;
 }
 
 bool is_weight_scale_name(const std::string& name) {
@@ -94,30 +216,48 @@ size_t count_scale_keys(const std::vector<TensorInfo>& tensors) {
 }
 
 std::optional<ScalePairing> infer_layout(const std::vector<uint64_t>& w, const std::vector<uint64_t>& s,
-                                         BlockSize block, std::string* why) {
+                                         BlockSize block, std::string* why, std::optional<uint64_t> group) {
   ScalePairing p;
   if (numel(s) == 1) {
     p.layout = ScaleLayout::PerTensor;
     return p;
   }
+  auto set_block = [&](uint64_t r, uint64_t c) {
+    p.layout = ScaleLayout::Block;
+    p.block_rows = r;
+    p.block_cols = c;
+    return p;
+  };
   if (w.size() >= 2) {
-    // One scale per row: shape w[:-1] or w[:-1] + [1] ([out] or [out,1]).
+    const uint64_t m = w[w.size() - 2], n = w[w.size() - 1];
     const std::vector<uint64_t> rows(w.begin(), w.end() - 1);
+    // One scale per row: w[:-1] or w[:-1] + [1] ([out] or [out,1]).
     std::vector<uint64_t> rows1 = rows;
     rows1.push_back(1);
     if (s == rows || s == rows1) {
       p.layout = ScaleLayout::PerRow;
       return p;
     }
-    // Blocks over the last two dimensions, ragged last blocks allowed.
+    // musubi-tuner blocks along a row: w[:-1] + [n/bs, 1], bs dividing n.
+    if (s.size() == w.size() + 1 && std::equal(rows.begin(), rows.end(), s.begin()) && s.back() == 1 &&
+        s[s.size() - 2] > 0 && n % s[s.size() - 2] == 0)
+      return set_block(1, n / s[s.size() - 2]);
     if (s.size() == w.size() && std::equal(w.begin(), w.end() - 2, s.begin())) {
-      const uint64_t m = w[w.size() - 2], n = w[w.size() - 1];
-      if (s[s.size() - 2] == ceil_div(m, block.rows) && s[s.size() - 1] == ceil_div(n, block.cols)) {
-        p.layout = ScaleLayout::Block;
-        p.block_rows = block.rows;
-        p.block_cols = block.cols;
-        return p;
+      const uint64_t sr = s[s.size() - 2], sc = s[s.size() - 1];
+      // Groups along a row (compressed-tensors GROUP, MX): w[:-1] + [ceil(n/g)].
+      if (sr == m && sc > 0) {
+        std::optional<uint64_t> g;
+        if (block.rows == 1 && ceil_div(n, block.cols) == sc) g = block.cols;
+        else if (group && ceil_div(n, *group) == sc) g = group;
+        else if (n % sc == 0) g = n / sc;
+        if (g) return set_block(1, *g);
+        if (why)
+          *why = "scale shape " + shape_text(s) + " has " + std::to_string(sc) + " groups per row of " +
+                 std::to_string(n) + ", which fixes no group size; pass --block 1xG";
+        return std::nullopt;
       }
+      // 2-D blocks over the last two dimensions, ragged last blocks allowed.
+      if (sr == ceil_div(m, block.rows) && sc == ceil_div(n, block.cols)) return set_block(block.rows, block.cols);
       if (why)
         *why = "scale shape " + shape_text(s) + " is not the " + std::to_string(block.rows) + "x" +
                std::to_string(block.cols) + " block grid of weight " + shape_text(w) + " (which would be " +
@@ -126,91 +266,260 @@ std::optional<ScalePairing> infer_layout(const std::vector<uint64_t>& w, const s
     }
   }
   if (why)
-    *why = "scale shape " + shape_text(s) + " fits no layout (per-tensor, per-row, block) of weight " + shape_text(w);
+    *why = "scale shape " + shape_text(s) + " fits no layout (per-tensor, per-row, group, block) of weight " + shape_text(w);
   return std::nullopt;
 }
 
 Matching match(const std::vector<TensorInfo>& tensors, const Options& opt) {
+  stream::Manifest m;
+  m.tensors = tensors;
+  return match(m, {}, opt);
+}
+
+Matching match(const stream::Manifest& m, const MarkerData& markers, const Options& opt) {
+  const auto& tensors = m.tensors;
   Matching mt;
-  const BlockSize block = opt.block.value_or(BlockSize{});
+  const auto sizes = model_config::quant_sizes(m.quantization_config);
+  BlockSize block;
+  if (sizes.block) block = {sizes.block->first, sizes.block->second};
+  if (opt.block) block = *opt.block;
   mt.block_rows = block.rows;
   mt.block_cols = block.cols;
-  std::unordered_map<std::string, size_t> by_name;
-  for (size_t i = 0; i < tensors.size(); ++i) by_name.emplace(tensors[i].name, i);
-  std::unordered_set<std::string> used, dropped;
-
-  for (const auto& w : tensors) {
-    if (!is_fp8_weight_dtype(w.dtype)) continue;
-    ScalePairing pair;
-    pair.weight = w.name;
-    std::vector<std::string> candidates;
-    for (const auto& rule : kScaleKeyRules) {
-      const std::string name = w.name + rule.suffix;
-      if (by_name.count(name)) candidates.push_back(name);
-    }
-    if (candidates.size() > 1) {
+  if (!opt.convention.empty()) {
+    const auto names = convention_names();
+    if (std::find(names.begin(), names.end(), opt.convention) == names.end()) {
       std::string list;
-      for (const auto& c : candidates) list += (list.empty() ? "" : ", ") + c;
-      mt.problems.push_back({kAmbiguous, w.name, "several candidate scales: " + list});
-      for (const auto& c : candidates) used.insert(c);
-    } else if (candidates.size() == 1) {
-      const TensorInfo& s = tensors[by_name.at(candidates[0])];
-      used.insert(s.name);
-      std::string why;
-      std::optional<ScalePairing> got;
-      if (!fp8::is_scale_dtype(s.dtype))
-        why = "scale " + s.name + " has dtype " + std::string(dtype_name(s.dtype)) + " (scales must be F32, BF16, F16 or F8_E8M0)";
-      else
-        got = infer_layout(w.shape, s.shape, block, &why);
-      if (got) {
-        pair = *got;
-        pair.weight = w.name;
-        pair.scale = s.name;
-        dropped.insert(s.name);
-        mt.drop.push_back(s.name);
-      } else {
-        mt.problems.push_back({kUnusableScale, w.name, why});
-      }
-    } else {
-      mt.problems.push_back({kNoScale, w.name, "no scale found; cast with scale 1"});
-    }
-    mt.pairs.push_back(pair);
-    // Activation scales of this layer are not needed after conversion.
-    if (ends_with(w.name, ".weight")) {
-      const std::string prefix = w.name.substr(0, w.name.size() - 6);
-      for (auto a : kActivationScales) {
-        const std::string name = prefix + std::string(a);
-        if (by_name.count(name) && !dropped.count(name)) {
-          dropped.insert(name);
-          mt.drop.push_back(name);
-        }
-      }
+      for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+      usage_error("--convention must be one of " + list + ", not '" + opt.convention + "'");
     }
   }
 
-  // Scale-named tensors that no FP8 weight took: report them (they pass through).
+  std::unordered_map<std::string, size_t> by_name;
+  for (size_t i = 0; i < tensors.size(); ++i) by_name.emplace(tensors[i].name, i);
+  auto has = [&](const std::string& n) { return by_name.count(n) > 0; };
+  const auto comfy = comfy_layer_formats(m, markers, mt.problems);
+  std::unordered_set<std::string> used, dropped;
+  std::set<std::string> converted_layers;
+  auto drop = [&](const std::string& n) {
+    if (dropped.insert(n).second) mt.drop.push_back(n);
+  };
+  auto problem = [&](const char* kind, const std::string& t, std::string detail) {
+    mt.problems.push_back({kind, t, std::move(detail)});
+  };
+
+  // Candidate scales of a tensor, by every (allowed) row.
+  struct Candidate {
+    const Convention* row;
+    std::string scale, second, output;
+  };
+  auto candidates = [&](const std::string& w) {
+    std::vector<Candidate> out;
+    for (const auto& row : kConventions) {
+      if (!opt.convention.empty() && opt.convention != row.name) continue;
+      if (!ends_with(w, row.weight_suffix)) continue;
+      const std::string p = w.substr(0, w.size() - std::string_view(row.weight_suffix).size());
+      if (!has(p + row.scale_suffix)) continue;
+      Candidate c{&row, p + row.scale_suffix, "", p + row.output_suffix};
+      if (row.second_suffix && has(p + row.second_suffix)) c.second = p + row.second_suffix;
+      out.push_back(std::move(c));
+    }
+    return out;
+  };
+
+  auto is_scaled_fp8_marker = [](const std::string& n) { return n == "scaled_fp8" || ends_with(n, ".scaled_fp8"); };
+  // A tensor that is the scale of another (NVFP4 block scales are F8_E4M3
+  // tensors named weight_scale) is never a weight itself.
+  auto is_scale_of_another = [&](const std::string& n) {
+    if (is_weight_scale_name(n)) return true;
+    for (const auto& row : kConventions)
+      for (const char* suffix : {row.scale_suffix, row.second_suffix}) {
+        if (!suffix || !ends_with(n, suffix)) continue;
+        const std::string p = n.substr(0, n.size() - std::string_view(suffix).size());
+        if (has(p + row.weight_suffix) && p + row.weight_suffix != n) return true;
+      }
+    return false;
+  };
+  for (const auto& w : tensors) {
+    if (is_marker_tensor(w) || is_scaled_fp8_marker(w.name) || is_scale_of_another(w.name)) continue;
+    const std::string layer = layer_of(w.name);
+    // What the weight's bytes are: its FP8 dtype, or for a U8/I8 container
+    // the FP8 type a marker (or --u8-as) names. Never a guess.
+    std::optional<Dtype> format;
+    const auto cf = comfy.find(layer);
+    const bool comfy_marked = cf != comfy.end() && ends_with(w.name, ".weight");
+    if (comfy_marked && !fp8_of_comfy_format(cf->second)) {
+      if (is_fp8_weight_dtype(w.dtype) || w.dtype == Dtype::U8 || w.dtype == Dtype::I8) {
+        problem(kUnconverted, w.name, "layer format '" + cf->second + "' is not converted: the layer is left as it is");
+        for (const auto& t : tensors)
+          if (t.name.rfind(layer + ".", 0) == 0) used.insert(t.name);
+      }
+      continue;
+    }
+    auto cands = candidates(w.name);
+    if (is_fp8_weight_dtype(w.dtype)) {
+      format = w.dtype;
+    } else if (w.dtype == Dtype::U8 || w.dtype == Dtype::I8) {
+      if (comfy_marked) format = fp8_of_comfy_format(cf->second);
+      else if (opt.u8_as && !cands.empty()) format = opt.u8_as;
+      else if (!cands.empty()) {
+        problem(kU8WithScale, w.name,
+                std::string(dtype_name(w.dtype)) + " tensor with a scale: if it holds FP8 bytes, pass --u8-as e4m3fn (or e5m2)");
+        for (const auto& c : cands) used.insert(c.scale);
+        continue;
+      }
+    }
+    if (!format) continue;
+
+    ScalePairing pair;
+    pair.weight = w.name;
+    pair.format = *format;
+    if (cands.size() > 1) {
+      std::string list;
+      for (const auto& c : cands) list += (list.empty() ? "" : ", ") + c.scale;
+      problem(kAmbiguous, w.name, "several candidate scales: " + list);
+      for (const auto& c : cands) used.insert(c.scale);
+      continue;
+    }
+    if (cands.size() == 1) {
+      const Candidate& c = cands[0];
+      const TensorInfo& s = tensors[by_name.at(c.scale)];
+      used.insert(s.name);
+      std::string why;
+      std::optional<ScalePairing> got = infer_layout(w.shape, s.shape, block, &why, sizes.group);
+      Dtype scale_format = s.dtype;
+      if (s.dtype == Dtype::U8 && got && got->layout == ScaleLayout::Block && got->block_rows == 1) {
+        scale_format = Dtype::F8_E8M0;  // MX: U8 exponents, one per group along a row
+      } else if (!fp8::is_scale_dtype(s.dtype)) {
+        got.reset();
+        why = "scale " + s.name + " has dtype " + std::string(dtype_name(s.dtype)) +
+              " (scales must be F32, BF16, F16, F8_E8M0, or U8 exponents of groups along a row)";
+      }
+      if (got && !c.second.empty()) {
+        const TensorInfo& s2 = tensors[by_name.at(c.second)];
+        used.insert(s2.name);
+        if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype)) {
+          got.reset();
+          why = "second scale " + s2.name + " is not a single F32/BF16/F16 value";
+        }
+      }
+      if (!got) {
+        problem(kUnusableScale, w.name, why);
+        continue;
+      }
+      ScalePairing p = *got;
+      p.weight = w.name;
+      p.format = *format;
+      p.scale = s.name;
+      p.scale_format = scale_format;
+      p.scale2 = c.second;
+      p.convention = c.row->name;
+      if (c.output != w.name) p.output = c.output;
+      pair = p;
+      drop(s.name);
+      if (!c.second.empty()) drop(c.second);
+    } else {
+      problem(kNoScale, w.name, "no scale found; cast with scale 1");
+    }
+    mt.pairs.push_back(pair);
+    converted_layers.insert(layer);
+  }
+
+  // Activation/KV scales and ComfyUI markers of converted layers.
+  for (const auto& layer : converted_layers) {
+    if (!opt.keep_scales)
+      for (auto a : kActivationScales)
+        if (has(layer + "." + std::string(a))) drop(layer + "." + std::string(a));
+    if (has(layer + ".comfy_quant")) drop(layer + ".comfy_quant");
+  }
+  if (!mt.pairs.empty())
+    for (const auto& t : tensors)
+      if (is_scaled_fp8_marker(t.name)) drop(t.name);
+
+  // __metadata__: ComfyUI's layer list loses the converted layers; torchao's
+  // bookkeeping goes with its storage names.
+  if (m.metadata) {
+    for (const auto& [k, v] : *m.metadata) {
+      if (k != "_quantization_metadata" || converted_layers.empty()) continue;
+      rapidjson::Document d;
+      d.Parse(v.c_str(), v.size());
+      if (d.HasParseError() || !d.IsObject()) continue;
+      auto l = d.FindMember("layers");
+      if (l == d.MemberEnd() || !l->value.IsObject()) continue;
+      for (const auto& layer : converted_layers) l->value.RemoveMember(layer.c_str());
+      if (l->value.MemberCount() == 0) {
+        mt.metadata_edits.push_back({k, std::nullopt});
+      } else {
+        rapidjson::StringBuffer sb;
+        rapidjson::Writer<rapidjson::StringBuffer> wr(sb);
+        d.Accept(wr);
+        mt.metadata_edits.push_back({k, std::string(sb.GetString(), sb.GetSize())});
+      }
+    }
+    bool torchao = false;
+    for (const auto& p : mt.pairs) torchao |= p.convention == "torchao";
+    if (torchao) {
+      const auto names = torchao_tensor_names(m);
+      for (const auto& [k, v] : *m.metadata) {
+        bool remove = k == "tensor_names";
+        for (const auto& n : names) remove |= k == n || k.rfind(n + ":", 0) == 0;
+        if (remove) mt.metadata_edits.push_back({k, std::nullopt});
+      }
+      for (const auto& n : names)
+        if (has(n + ":data") && !has(n)) mt.renames.push_back({n + ":data", n});
+    }
+  }
+
+  // Scale-named tensors that no weight took: report them (they pass through).
   for (const auto& t : tensors) {
-    if (used.count(t.name) || !is_weight_scale_name(t.name)) continue;
+    if (used.count(t.name) || dropped.count(t.name) || !is_weight_scale_name(t.name)) continue;
     std::string weight;
-    for (const auto& rule : kScaleKeyRules)
-      if (ends_with(t.name, rule.suffix)) {
-        const std::string w = t.name.substr(0, t.name.size() - std::string_view(rule.suffix).size());
-        if (by_name.count(w)) weight = w;
+    for (const auto& row : kConventions) {
+      if (!ends_with(t.name, row.scale_suffix)) continue;
+      const std::string p = t.name.substr(0, t.name.size() - std::string_view(row.scale_suffix).size());
+      if (has(p + row.weight_suffix) && p + row.weight_suffix != t.name) {
+        weight = p + row.weight_suffix;
         break;
       }
-    if (!weight.empty())
-      mt.problems.push_back({kNonFp8Weight, t.name,
-                             "its weight " + weight + " is " + std::string(dtype_name(tensors[by_name.at(weight)].dtype)) +
-                                 ", not FP8: both pass through unchanged"});
+    }
+    bool weight_converted = false;
+    for (const auto& p : mt.pairs) weight_converted |= p.weight == weight;
+    if (weight_converted)
+      problem(kOrphanScale, t.name, "not used: its weight " + weight + " was paired by another convention (--convention); passed through");
+    else if (!weight.empty())
+      problem(kNonFp8Weight, t.name,
+              "its weight " + weight + " is " + std::string(dtype_name(tensors[by_name.at(weight)].dtype)) +
+                  ", not FP8: both pass through unchanged");
     else
-      mt.problems.push_back({kOrphanScale, t.name, "looks like a weight scale but no FP8 weight uses it; passed through"});
+      problem(kOrphanScale, t.name, "looks like a weight scale but no FP8 weight uses it; passed through");
   }
   // Keep drop in manifest order, for a deterministic stream.
   std::vector<std::string> ordered;
   for (const auto& t : tensors)
     if (dropped.count(t.name)) ordered.push_back(t.name);
   mt.drop = std::move(ordered);
+
+  std::map<std::string, size_t> seen;
+  for (const auto& [i, name] : output_names(m, mt))
+    if (!seen.emplace(name, i).second)
+      problem(kNameCollision, tensors[i].name,
+              "would be written as " + json::quote(name) + ", the name of " + json::quote(tensors[seen[name]].name));
   return mt;
+}
+
+std::vector<std::pair<size_t, std::string>> output_names(const stream::Manifest& m, const Matching& mt) {
+  std::unordered_map<std::string, std::string> rename;
+  for (const auto& p : mt.pairs)
+    if (!p.output.empty()) rename[p.weight] = p.output;
+  for (const auto& r : mt.renames) rename[r.from] = r.to;
+  const std::unordered_set<std::string> dropped(mt.drop.begin(), mt.drop.end());
+  std::vector<std::pair<size_t, std::string>> out;
+  for (size_t i = 0; i < m.tensors.size(); ++i) {
+    const auto& n = m.tensors[i].name;
+    if (dropped.count(n)) continue;
+    auto it = rename.find(n);
+    out.emplace_back(i, it == rename.end() ? n : it->second);
+  }
+  return out;
 }
 
 void validate(const stream::Manifest& m, const Matching& mt) {
@@ -219,51 +528,91 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     if (i < 0) fail("stream matching names " + std::string(what) + " " + json::quote(name) + ", which is not in the manifest");
     return m.tensors[static_cast<size_t>(i)];
   };
+  const std::unordered_set<std::string> dropped(mt.drop.begin(), mt.drop.end());
   std::unordered_set<std::string> weights;
   for (const auto& p : mt.pairs) {
     const TensorInfo& w = find(p.weight, "weight");
-    if (!is_fp8_weight_dtype(w.dtype)) fail("stream matching pairs non-FP8 tensor " + json::quote(p.weight));
+    const bool container = w.dtype == Dtype::U8 || w.dtype == Dtype::I8;
+    if (!is_fp8_weight_dtype(p.format) || (!container && w.dtype != p.format))
+      fail("stream matching decodes " + json::quote(p.weight) + " (" + std::string(dtype_name(w.dtype)) + ") as " +
+           std::string(dtype_name(p.format)));
     if (!weights.insert(p.weight).second) fail("stream matching lists weight " + json::quote(p.weight) + " twice");
     if (p.scale.empty()) continue;
     const TensorInfo& s = find(p.scale, "scale");
-    if (!fp8::is_scale_dtype(s.dtype)) fail("stream matching uses " + json::quote(p.scale) + " of dtype " + std::string(dtype_name(s.dtype)) + " as a scale");
-    if (std::find(mt.drop.begin(), mt.drop.end(), p.scale) == mt.drop.end())
-      fail("stream matching keeps scale " + json::quote(p.scale) + " in the output");
-    BlockSize b{p.block_rows ? p.block_rows : 1, p.block_cols ? p.block_cols : 1};
-    auto got = infer_layout(w.shape, s.shape, b, nullptr);
-    if (!got || got->layout != p.layout) fail("stream matching: scale " + json::quote(p.scale) + " does not have the recorded layout for " + json::quote(p.weight));
+    const bool mx = s.dtype == Dtype::U8 && p.scale_format == Dtype::F8_E8M0 && p.layout == ScaleLayout::Block &&
+                    p.block_rows == 1;
+    if (!(fp8::is_scale_dtype(s.dtype) && s.dtype == p.scale_format) && !mx)
+      fail("stream matching uses " + json::quote(p.scale) + " of dtype " + std::string(dtype_name(s.dtype)) + " as a scale");
+    if (!dropped.count(p.scale)) fail("stream matching keeps scale " + json::quote(p.scale) + " in the output");
+    if (!p.scale2.empty()) {
+      const TensorInfo& s2 = find(p.scale2, "scale");
+      if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype) || !dropped.count(p.scale2))
+        fail("stream matching: second scale " + json::quote(p.scale2) + " is not a dropped single value");
+    }
+    // The recorded layout must index exactly the scale's elements.
+    bool ok = false;
+    switch (p.layout) {
+      case ScaleLayout::PerTensor: ok = numel(s.shape) == 1; break;
+      case ScaleLayout::PerRow: ok = w.shape.size() >= 2 && numel(s.shape) == numel(w.shape) / w.shape.back(); break;
+      case ScaleLayout::Block:
+        if (w.shape.size() >= 2 && p.block_rows > 0 && p.block_cols > 0) {
+          const uint64_t mm = w.shape[w.shape.size() - 2], nn = w.shape.back();
+          const uint64_t lead = numel(w.shape) / (mm * nn == 0 ? 1 : mm * nn);
+          ok = numel(s.shape) == lead * ceil_div(mm, p.block_rows) * ceil_div(nn, p.block_cols);
+        }
+        break;
+    }
+    if (!ok) fail("stream matching: scale " + json::quote(p.scale) + " does not have the recorded layout for " + json::quote(p.weight));
   }
   for (const auto& d : mt.drop) find(d, "dropped tensor");
+  for (const auto& r : mt.renames) find(r.from, "renamed tensor");
+  // An FP8 weight is either converted or deliberately left as it is.
+  std::unordered_set<std::string> left;
+  for (const auto& p : mt.problems)
+    if (p.kind == kUnconverted) left.insert(p.tensor);
   for (const auto& t : m.tensors)
-    if (is_fp8_weight_dtype(t.dtype) && !weights.count(t.name))
+    if (is_fp8_weight_dtype(t.dtype) && !weights.count(t.name) && !left.count(t.name) && !dropped.count(t.name))
       fail("stream matching has no entry for FP8 tensor " + json::quote(t.name));
+  std::unordered_set<std::string> seen;
+  for (const auto& [i, name] : output_names(m, mt))
+    if (!seen.insert(name).second) fail("stream matching gives two output tensors the name " + json::quote(name));
 }
 
-bool is_fatal(const MatchProblem& p) { return p.kind == kUnusableScale || p.kind == kAmbiguous; }
+bool is_fatal(const MatchProblem& p, bool strict) {
+  return p.kind == kUnusableScale || p.kind == kAmbiguous || p.kind == kNameCollision ||
+         (strict && p.kind == kNoScale);
+}
 
-bool needs_attention(const Matching& mt) {
+bool needs_attention(const Matching& mt, bool strict) {
   bool any_scale = false;
   for (const auto& p : mt.pairs) any_scale |= !p.scale.empty();
   for (const auto& p : mt.problems) {
-    if (p.kind != kNoScale) return true;
-    if (any_scale) return true;
+    if (p.kind != kNoScale || strict || any_scale) return true;
   }
   return false;
 }
 
 std::vector<size_t> scales_first_order(const std::vector<TensorInfo>& tensors) {
-  // Every candidate scale of an FP8 weight, whether or not its layout fits
-  // with the default block size (st-dequant --block may make it fit), and
-  // every tensor named like a weight scale.
-  std::unordered_set<std::string> names, first;
+  // Markers; then every candidate scale of any tensor by any row, whether or
+  // not its layout fits with the default block size (st-dequant --block may
+  // make it fit) and whatever the weight's dtype (--u8-as); then the rest.
+  std::unordered_set<std::string> names;
   for (const auto& t : tensors) names.insert(t.name);
-  for (const auto& t : tensors)
-    if (is_fp8_weight_dtype(t.dtype))
-      for (const auto& rule : kScaleKeyRules)
-        if (names.count(t.name + rule.suffix)) first.insert(t.name + rule.suffix);
+  auto is_scale = [&](const std::string& n) {
+    if (is_weight_scale_name(n)) return true;
+    for (const auto& row : kConventions)
+      for (const char* suffix : {row.scale_suffix, row.second_suffix}) {
+        if (!suffix || !ends_with(n, suffix)) continue;
+        const std::string p = n.substr(0, n.size() - std::string_view(suffix).size());
+        if (names.count(p + row.weight_suffix) && p + row.weight_suffix != n) return true;
+      }
+    return false;
+  };
   std::vector<size_t> order;
   for (size_t i = 0; i < tensors.size(); ++i)
-    if (first.count(tensors[i].name) || is_weight_scale_name(tensors[i].name)) order.push_back(i);
+    if (is_marker_tensor(tensors[i])) order.push_back(i);
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (!is_marker_tensor(tensors[i]) && is_scale(tensors[i].name)) order.push_back(i);
   std::unordered_set<size_t> taken(order.begin(), order.end());
   for (size_t i = 0; i < tensors.size(); ++i)
     if (!taken.count(i)) order.push_back(i);
@@ -295,26 +644,60 @@ void print_table(std::ostream& out, const std::vector<std::vector<std::string>>&
   }
 }
 
+struct Counts {
+  size_t scaled = 0, unscaled = 0, fatal = 0;
+  std::map<std::string, size_t> by_convention;
+};
+
+Counts count(const Matching& mt) {
+  Counts c;
+  for (const auto& p : mt.pairs) {
+    if (p.scale.empty()) {
+      ++c.unscaled;
+      ++c.by_convention["raw cast (no scale)"];
+    } else {
+      ++c.scaled;
+      ++c.by_convention[convention_description(p.convention)];
+    }
+  }
+  for (const auto& p : mt.problems) c.fatal += p.kind == kUnusableScale || p.kind == kAmbiguous;
+  return c;
+}
+
+// Activation scales and markers: what is dropped besides paired scales.
+std::vector<std::string> other_drops(const Matching& mt) {
+  std::unordered_set<std::string> scales;
+  for (const auto& p : mt.pairs) {
+    scales.insert(p.scale);
+    scales.insert(p.scale2);
+  }
+  std::vector<std::string> out;
+  for (const auto& d : mt.drop)
+    if (!scales.count(d)) out.push_back(d);
+  return out;
+}
+
 }  // namespace
 
 void print_report(std::ostream& out, const stream::Manifest& m, const Matching& mt, const ScaleValues& values) {
   out << "Total keys: " << m.tensors.size() << '\n';
   out << "Scale keys found: " << count_scale_keys(m.tensors) << '\n';
-  size_t scaled = 0, unusable = 0;
-  for (const auto& p : mt.pairs) scaled += !p.scale.empty();
-  for (const auto& p : mt.problems) unusable += is_fatal(p);
-  out << '\n' << "FP8 weights: " << mt.pairs.size() << " (" << scaled << " with a scale, "
-      << mt.pairs.size() - scaled - unusable << " without";
-  if (unusable) out << ", " << unusable << " with an unusable scale";
+  const Counts c = count(mt);
+  out << '\n' << "FP8 weights: " << c.scaled + c.unscaled + c.fatal << " (" << c.scaled << " with a scale, " << c.unscaled
+      << " without";
+  if (c.fatal) out << ", " << c.fatal << " with an unusable or ambiguous scale";
   out << ")\n";
+  for (const auto& [name, n] : c.by_convention) out << "  " << name << ": " << n << '\n';
   if (!mt.pairs.empty()) {
     std::vector<std::vector<std::string>> rows{
-        {"WEIGHT", "DTYPE", "SHAPE", "SCALE", "SCALE_SHAPE", "SCALE_DTYPE", "MIN", "MAX", "LAYOUT"}};
+        {"WEIGHT", "DTYPE", "SHAPE", "SCALE", "SCALE_SHAPE", "SCALE_DTYPE", "MIN", "MAX", "LAYOUT", "CONVENTION"}};
     for (const auto& p : mt.pairs) {
       const TensorInfo& w = m.tensors[static_cast<size_t>(m.find(p.weight))];
-      std::vector<std::string> r{p.weight, std::string(dtype_name(w.dtype)), shape_text(w.shape)};
+      std::string dt(dtype_name(w.dtype));
+      if (w.dtype != p.format) dt += " as " + std::string(dtype_name(p.format));
+      std::vector<std::string> r{p.weight, dt, shape_text(w.shape)};
       if (p.scale.empty()) {
-        r.insert(r.end(), {"-", "-", "-", "-", "-", "none (scale 1)"});
+        r.insert(r.end(), {"-", "-", "-", "-", "-", layout_text(p), "raw cast"});
       } else {
         const TensorInfo& s = m.tensors[static_cast<size_t>(m.find(p.scale))];
         r.insert(r.end(), {p.scale, shape_text(s.shape), std::string(dtype_name(s.dtype))});
@@ -326,10 +709,8 @@ void print_report(std::ostream& out, const stream::Manifest& m, const Matching& 
           r.push_back(fmt_value(*lo));
           r.push_back(fmt_value(*hi));
         }
-        std::string layout(stream::layout_name(p.layout));
-        if (p.layout == ScaleLayout::Block)
-          layout += " " + std::to_string(p.block_rows) + "x" + std::to_string(p.block_cols);
-        r.push_back(layout);
+        r.push_back(layout_text(p));
+        r.push_back(p.convention);
       }
       rows.push_back(std::move(r));
     }
@@ -346,17 +727,150 @@ void print_report(std::ostream& out, const stream::Manifest& m, const Matching& 
   section(kNoScale, "FP8 weights with no scale (cast with scale 1)");
   section(kOrphanScale, "Scales with no FP8 weight (passed through)");
   section(kNonFp8Weight, "Scales of weights that are not FP8 (passed through)");
+  section(kU8WithScale, "U8/I8 weights with a scale (not converted)");
+  section(kUnconverted, "Layers in formats that are not converted (left as they are)");
   section(kUnusableScale, "Unusable scales (st-dequant refuses these)");
   section(kAmbiguous, "FP8 weights with several candidate scales (st-dequant refuses these)");
-  std::vector<std::string> activations;
-  std::unordered_set<std::string> scale_names;
-  for (const auto& p : mt.pairs) scale_names.insert(p.scale);
-  for (const auto& d : mt.drop)
-    if (!scale_names.count(d)) activations.push_back(d);
-  if (!activations.empty()) {
-    out << '\n' << "Activation scales dropped after conversion: " << activations.size() << '\n';
-    for (const auto& a : activations) out << "  " << a << '\n';
+  section(kNameCollision, "Output name collisions (st-dequant refuses these)");
+  const auto others = other_drops(mt);
+  if (!others.empty()) {
+    out << '\n' << "Activation scales and markers dropped after conversion: " << others.size() << '\n';
+    for (const auto& a : others) out << "  " << a << '\n';
   }
+  std::vector<stream::Rename> renames;
+  for (const auto& p : mt.pairs)
+    if (!p.output.empty()) renames.push_back({p.weight, p.output});
+  renames.insert(renames.end(), mt.renames.begin(), mt.renames.end());
+  if (!renames.empty()) {
+    out << '\n' << "Renamed in the output: " << renames.size() << '\n';
+    for (const auto& r : renames) out << "  " << r.from << " -> " << r.to << '\n';
+  }
+  if (!mt.metadata_edits.empty()) {
+    out << '\n' << "Metadata changed: " << mt.metadata_edits.size() << '\n';
+    for (const auto& e : mt.metadata_edits) out << "  " << e.key << (e.value ? ": rewritten" : ": removed") << '\n';
+  }
+}
+
+void print_json(std::ostream& out, const std::string& file, const stream::Manifest& m, const Matching& mt,
+                const ScaleValues& values, bool attention) {
+  rapidjson::StringBuffer sb;
+  rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+  auto str = [&](const std::string& s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); };
+  auto shape = [&](const std::vector<uint64_t>& s) {
+    w.StartArray();
+    for (uint64_t d : s) w.Uint64(d);
+    w.EndArray();
+  };
+  const Counts c = count(mt);
+  w.StartObject();
+  w.Key("file");
+  str(file);
+  w.Key("total_keys");
+  w.Uint64(m.tensors.size());
+  w.Key("scale_keys");
+  w.Uint64(count_scale_keys(m.tensors));
+  w.Key("needs_attention");
+  w.Bool(attention);
+  w.Key("conventions");
+  w.StartObject();
+  for (const auto& [name, n] : c.by_convention) {
+    w.Key(name.c_str());
+    w.Uint64(n);
+  }
+  w.EndObject();
+  w.Key("weights");
+  w.StartArray();
+  for (const auto& p : mt.pairs) {
+    const TensorInfo& wt = m.tensors[static_cast<size_t>(m.find(p.weight))];
+    w.StartObject();
+    w.Key("name");
+    str(p.weight);
+    w.Key("dtype");
+    str(std::string(dtype_name(wt.dtype)));
+    w.Key("format");
+    str(std::string(dtype_name(p.format)));
+    w.Key("shape");
+    shape(wt.shape);
+    w.Key("output");
+    str(p.output.empty() ? p.weight : p.output);
+    w.Key("scale");
+    if (p.scale.empty()) {
+      w.Null();
+    } else {
+      const TensorInfo& s = m.tensors[static_cast<size_t>(m.find(p.scale))];
+      w.StartObject();
+      w.Key("name");
+      str(p.scale);
+      w.Key("dtype");
+      str(std::string(dtype_name(s.dtype)));
+      w.Key("shape");
+      shape(s.shape);
+      const std::vector<float> v = values ? values(p.scale) : std::vector<float>{};
+      w.Key("min");
+      if (v.empty()) w.Null();
+      else w.Double(static_cast<double>(*std::min_element(v.begin(), v.end())));
+      w.Key("max");
+      if (v.empty()) w.Null();
+      else w.Double(static_cast<double>(*std::max_element(v.begin(), v.end())));
+      w.Key("second");
+      if (p.scale2.empty()) w.Null();
+      else str(p.scale2);
+      w.EndObject();
+    }
+    w.Key("layout");
+    str(p.scale.empty() ? "none" : std::string(stream::layout_name(p.layout)));
+    w.Key("block");
+    if (p.layout == ScaleLayout::Block && !p.scale.empty()) {
+      w.StartArray();
+      w.Uint64(p.block_rows);
+      w.Uint64(p.block_cols);
+      w.EndArray();
+    } else {
+      w.Null();
+    }
+    w.Key("convention");
+    if (p.scale.empty()) w.Null();
+    else str(p.convention);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("problems");
+  w.StartArray();
+  for (const auto& p : mt.problems) {
+    w.StartObject();
+    w.Key("kind");
+    str(p.kind);
+    w.Key("tensor");
+    str(p.tensor);
+    w.Key("detail");
+    str(p.detail);
+    w.Key("fatal");
+    w.Bool(is_fatal(p));
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("dropped");
+  w.StartArray();
+  for (const auto& d : mt.drop) str(d);
+  w.EndArray();
+  w.Key("renamed");
+  w.StartArray();
+  for (const auto& r : mt.renames) {
+    w.StartObject();
+    w.Key("from");
+    str(r.from);
+    w.Key("to");
+    str(r.to);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("metadata_removed");
+  w.StartArray();
+  for (const auto& e : mt.metadata_edits)
+    if (!e.value) str(e.key);
+  w.EndArray();
+  w.EndObject();
+  out << std::string(sb.GetString(), sb.GetSize()) << '\n';
 }
 
 }  // namespace st::scales

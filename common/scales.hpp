@@ -1,10 +1,16 @@
 // Scale matching: which scale tensor goes with which FP8 weight, in which
-// layout, and which tensors are not needed after conversion. Decided from the
-// manifest alone (names, dtypes, shapes), so st-list, st-scales and
-// st-dequant all run the same code before any data arrives.
+// layout, and what else changes in the output (scales and markers dropped,
+// storage names renamed, quantization metadata removed). Decided from the
+// manifest (names, dtypes, shapes, metadata, config.json) plus the contents
+// of ComfyUI's small comfy_quant marker tensors, so st-list, st-scales and
+// st-dequant all run the same code before any weight data arrives.
+//
+// One table row per naming convention (scales.cpp, kConventions): a new
+// convention is one row and a test.
 #pragma once
 
 #include <functional>
+#include <map>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -20,36 +26,60 @@ struct BlockSize {
 };
 
 struct Options {
-  std::optional<BlockSize> block;  // --block RxC; default 128x128 for block grids
+  std::optional<BlockSize> block;  // --block RxC (1xG for groups along a row)
+  std::string convention;          // --convention NAME: use only this row ("" = all)
+  std::optional<Dtype> u8_as;      // --u8-as: U8/I8 tensors with a scale hold this FP8 type
+  bool keep_scales = false;        // --keep-scales: keep activation/KV scales
+  bool strict = false;             // --strict: an FP8 weight without a scale is an error
 };
 
 // Problem kinds, as recorded in the stream and printed by st-scales.
-inline constexpr const char* kNoScale = "no-scale";              // FP8 weight cast with scale 1
-inline constexpr const char* kOrphanScale = "orphan-scale";      // scale-named tensor, no weight
-inline constexpr const char* kNonFp8Weight = "scale-of-non-fp8"; // its weight is not FP8: both kept
-inline constexpr const char* kUnusableScale = "unusable-scale";  // fatal: shape/dtype fits no layout
-inline constexpr const char* kAmbiguous = "ambiguous-scale";     // fatal: several candidates
+inline constexpr const char* kNoScale = "no-scale";                 // FP8 weight cast with scale 1
+inline constexpr const char* kOrphanScale = "orphan-scale";         // scale-named tensor, no weight
+inline constexpr const char* kNonFp8Weight = "scale-of-non-fp8";    // its weight is not FP8: both kept
+inline constexpr const char* kUnconverted = "unconverted-format";   // a layer format we leave as is
+inline constexpr const char* kU8WithScale = "u8-with-scale";        // U8/I8 weight with a scale, no marker
+inline constexpr const char* kUnusableScale = "unusable-scale";     // fatal: fits no layout / bad dtype
+inline constexpr const char* kAmbiguous = "ambiguous-scale";        // fatal: several candidates
+inline constexpr const char* kNameCollision = "name-collision";     // fatal: two outputs, one name
+
+// The conventions' names (for --convention and the reports).
+std::vector<std::string> convention_names();
+// "<name>: <producers>" for a convention name.
+std::string convention_description(const std::string& name);
 
 // Parses "RxC" (e.g. 128x128); throws a usage error otherwise.
 BlockSize parse_block(const std::string& text);
+// Parses --u8-as: e4m3fn, e5m2, e4m3fnuz, e5m2fnuz; throws a usage error otherwise.
+Dtype parse_fp8_format(const std::string& text);
 
+// Tensors whose contents the matcher reads: ComfyUI `<layer>.comfy_quant`
+// (U8 JSON). st-list streams them first; stages read them before planning.
+bool is_marker_tensor(const stream::TensorInfo& t);
+inline constexpr uint64_t kMaxMarkerBytes = 1 << 16;
+using MarkerData = std::map<std::string, std::vector<uint8_t>>;
+
+stream::Matching match(const stream::Manifest& m, const MarkerData& markers, const Options& opt);
+// Names, dtypes and shapes only (no metadata, markers or config).
 stream::Matching match(const std::vector<stream::TensorInfo>& tensors, const Options& opt);
 
 // The layout a scale of `scale_shape` has for a weight of `weight_shape`, or
-// nullopt with a reason. `block` is the block size to try for 2-D grids.
+// nullopt with a reason. `block` is the block size to try for 2-D grids;
+// `group` a group size to prefer for scales along a row ([..., M, k]).
 std::optional<stream::ScalePairing> infer_layout(const std::vector<uint64_t>& weight_shape,
-                                                 const std::vector<uint64_t>& scale_shape,
-                                                 BlockSize block, std::string* why);
+                                                 const std::vector<uint64_t>& scale_shape, BlockSize block,
+                                                 std::string* why, std::optional<uint64_t> group = std::nullopt);
 
 // Checks a recorded pairing against the manifest (a stream from elsewhere is
 // not trusted to index scales safely). Throws st::Error.
 void validate(const stream::Manifest& m, const stream::Matching& mt);
 
-// Fatal problems (st-dequant refuses to convert).
-bool is_fatal(const stream::MatchProblem& p);
+// Fatal problems (st-dequant refuses to convert); with strict, an FP8
+// weight without a scale is fatal too.
+bool is_fatal(const stream::MatchProblem& p, bool strict = false);
 // Whether st-scales should exit 1: any problem, except FP8 weights without a
 // scale in a file that has no scales at all (a plain "raw cast" file).
-bool needs_attention(const stream::Matching& mt);
+bool needs_attention(const stream::Matching& mt, bool strict = false);
 
 // Tensor names ending like a weight scale of any known convention.
 bool is_weight_scale_name(const std::string& name);
@@ -57,17 +87,24 @@ bool is_weight_scale_name(const std::string& name);
 // weight_scale, weight_scale_inv, scale_weight or input_scale.
 size_t count_scale_keys(const std::vector<stream::TensorInfo>& tensors);
 
-// Order in which st-list emits tensors: every scale first (they are small and
-// st-dequant needs them before their weights), then the rest, each group in
-// the given order.
+// Order in which st-list emits tensors: marker tensors, then every candidate
+// scale of a weight (small, and st-dequant needs them before their weights),
+// then the rest, each group in the given order.
 std::vector<size_t> scales_first_order(const std::vector<stream::TensorInfo>& tensors);
 
-// Human report. `scale_values(name)` returns a scale's decoded values (or an
-// empty vector when unknown) for the min/max columns.
+// The output name of every tensor that survives conversion, in order (for
+// name-collision checks and st-dequant's output manifest): input index and name.
+std::vector<std::pair<size_t, std::string>> output_names(const stream::Manifest& m, const stream::Matching& mt);
+
+// Human report and JSON report. `scale_values(name)` returns a scale's
+// decoded values (or an empty vector when unknown) for the min/max columns.
 using ScaleValues = std::function<std::vector<float>(const std::string& name)>;
 void print_report(std::ostream& out, const stream::Manifest& m, const stream::Matching& mt,
                   const ScaleValues& scale_values);
+void print_json(std::ostream& out, const std::string& file, const stream::Manifest& m, const stream::Matching& mt,
+                const ScaleValues& scale_values, bool attention);
 
 std::string shape_text(const std::vector<uint64_t>& shape);
+std::string layout_text(const stream::ScalePairing& p);
 
 }  // namespace st::scales

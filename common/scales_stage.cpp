@@ -2,27 +2,69 @@
 
 #include <unordered_map>
 
+#include "error.hpp"
 #include "fp8.hpp"
+#include "json_util.hpp"
 #include "source.hpp"
 
 namespace st::scales {
 
-bool report_file(const std::string& path, const Options& opt, std::ostream& out) {
+namespace {
+
+std::vector<float> decode_scale(const stream::Manifest& m, const stream::Matching& mt, const std::string& name,
+                                const std::vector<uint8_t>& bytes) {
+  for (const auto& p : mt.pairs)
+    if (p.scale == name) return fp8::decode_scales(p.scale_format, bytes);
+  const auto& t = m.tensors[static_cast<size_t>(m.find(name))];
+  return fp8::is_scale_dtype(t.dtype) ? fp8::decode_scales(t.dtype, bytes) : std::vector<float>{};
+}
+
+}  // namespace
+
+MarkerData read_markers(stream::Reader& in, size_t& count) {
+  const auto& ts = in.manifest().tensors;
+  count = 0;
+  while (count < ts.size() && is_marker_tensor(ts[count])) ++count;
+  for (size_t i = count; i < ts.size(); ++i)
+    if (is_marker_tensor(ts[i]))
+      fail("stream order: marker " + json::quote(ts[i].name) + " comes after tensor data; st-list sends markers first");
+  MarkerData markers;
+  for (size_t done = 0; done < count;) {
+    const stream::Event ev = in.next();
+    if (ev.kind == stream::Event::Kind::Data) {
+      auto& b = markers[ts[ev.tensor].name];
+      b.insert(b.end(), ev.data.begin(), ev.data.end());
+    } else if (ev.kind == stream::Event::Kind::TensorEnd) {
+      markers[ts[ev.tensor].name];  // an empty marker still counts
+      ++done;
+    }
+  }
+  return markers;
+}
+
+bool report_file(const std::string& path, const Options& opt, ReportFormat format, std::ostream& out) {
   const source::SafetensorsSource src(path);
   const stream::Manifest& m = src.manifest();
-  const stream::Matching mt = match(m.tensors, opt);
-  print_report(out, m, mt, [&](const std::string& name) {
-    const auto& t = m.tensors[static_cast<size_t>(m.find(name))];
-    return fp8::is_scale_dtype(t.dtype) ? fp8::decode_scales(t.dtype, src.read_tensor(name)) : std::vector<float>{};
-  });
-  return needs_attention(mt);
+  const stream::Matching mt = match(m, src.read_markers(), opt);
+  const ScaleValues values = [&](const std::string& name) { return decode_scale(m, mt, name, src.read_tensor(name)); };
+  const bool attention = needs_attention(mt, opt.strict);
+  if (format == ReportFormat::Json) print_json(out, path, m, mt, values, attention);
+  else print_report(out, m, mt, values);
+  return attention;
 }
 
 void match_stage(stream::Reader& in, stream::Writer& out, const Options& opt, std::ostream* report) {
   stream::Manifest m = in.manifest();
-  m.matching = match(m.tensors, opt);
+  size_t nmarkers = 0;
+  const MarkerData markers = read_markers(in, nmarkers);
+  m.matching = match(m, markers, opt);
   m.producer = std::string("st-scales ") + ST_VERSION;
   out.begin(m);
+  for (size_t i = 0; i < nmarkers; ++i) {
+    const auto& b = markers.at(m.tensors[i].name);
+    out.data(static_cast<uint32_t>(i), b);
+    out.end_tensor(static_cast<uint32_t>(i));
+  }
   // Scales are small; keep their bytes for the report's min/max.
   std::unordered_map<size_t, std::vector<uint8_t>> scale_bytes;
   if (report)
@@ -42,8 +84,7 @@ void match_stage(stream::Reader& in, stream::Writer& out, const Options& opt, st
   out.finish();
   if (report)
     print_report(*report, m, *m.matching, [&](const std::string& name) {
-      const size_t i = static_cast<size_t>(m.find(name));
-      return fp8::decode_scales(m.tensors[i].dtype, scale_bytes.at(i));
+      return decode_scale(m, *m.matching, name, scale_bytes.at(static_cast<size_t>(m.find(name))));
     });
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "error.hpp"
+#include "model_config.hpp"
 
 namespace st::source {
 
@@ -13,6 +14,7 @@ SafetensorsSource::SafetensorsSource(const std::string& path)
   const auto order = scales::scales_first_order(infos);
   manifest_.producer = std::string("st-list ") + ST_VERSION;
   manifest_.metadata = header_.metadata;
+  manifest_.quantization_config = model_config::read_quantization_config(path);
   for (size_t i : order) {
     manifest_.tensors.push_back(infos[i]);
     header_index_.push_back(i);
@@ -45,6 +47,13 @@ std::vector<uint8_t> SafetensorsSource::read_tensor(const std::string& name) con
       return bytes;
     }
   throw Error("internal: no tensor " + name);
+}
+
+scales::MarkerData SafetensorsSource::read_markers() const {
+  scales::MarkerData markers;
+  for (const auto& t : manifest_.tensors)
+    if (scales::is_marker_tensor(t)) markers[t.name] = read_tensor(t.name);
+  return markers;
 }
 
 void print_table(std::ostream& out, const safetensors::Header& h) {

@@ -19,14 +19,18 @@ class SafetensorsSource {
 
   const safetensors::Header& header() const { return header_; }
   const io::InputFile& file() const { return file_; }
-  // Tensors in the order st-list emits them: weight scales first, then the
-  // rest in file order (st-dequant needs a scale before its weight's data).
+  // Tensors in the order st-list emits them: markers and weight scales
+  // first, then the rest in file order (st-dequant needs a scale before its
+  // weight's data). Carries the quantization_config of a config.json beside
+  // the file.
   const stream::Manifest& manifest() const { return manifest_; }
 
   // Writes the whole stream: preamble, manifest, tensors, END.
   void write_stream(stream::Writer& w) const;
   // One tensor's bytes (for small tensors such as scales).
   std::vector<uint8_t> read_tensor(const std::string& name) const;
+  // The contents of the marker tensors the matcher reads (comfy_quant).
+  scales::MarkerData read_markers() const;
 
  private:
   io::InputFile file_;

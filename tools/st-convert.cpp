@@ -8,10 +8,10 @@ int main(int argc, char** argv) {
   return st::cli::run("st-convert", [&] {
     auto o = st::cli::make_options("st-convert", "Convert an FP8 .safetensors file to BF16 (or F16/F32).");
     o.add_options()("to", "output type: bf16, f16 or f32", cxxopts::value<std::string>()->default_value("bf16"), "TYPE")(
-        "block", "block size of 2-D scale grids (default 128x128)", cxxopts::value<std::string>(), "RxC")(
         "f,force", "replace an existing OUT (and allow OUT - on a terminal)")("no-verify", "do not read the output back to verify it")(
         "in", "input file", cxxopts::value<std::string>())("out", "output file", cxxopts::value<std::string>());
     st::cli::add_progress_options(o);
+    st::cli::add_match_options(o);
     o.parse_positional({"in", "out"});
     o.positional_help("IN [OUT]");
     const auto r = st::cli::parse(o, argc, argv);
@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
     const auto target = st::fp8::target_from_name(r["to"].as<std::string>());
     if (!target) st::usage_error("--to must be bf16, f16 or f32, not '" + r["to"].as<std::string>() + "'");
     dq.target = *target;
-    if (r.count("block")) dq.match.block = st::scales::parse_block(r["block"].as<std::string>());
+    dq.match = st::cli::match_options(r);
     const std::string in = r["in"].as<std::string>();
     st::pack::Options pk;
     pk.output = r.count("out") ? r["out"].as<std::string>() : st::pipeline::default_output(in, dq.target);

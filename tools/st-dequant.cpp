@@ -9,8 +9,8 @@ int main(int argc, char** argv) {
   return st::cli::run("st-dequant", [&] {
     auto o = st::cli::make_options("st-dequant", "Dequantise the FP8 weights of an st-stream (stdin -> stdout).");
     o.add_options()("to", "output type: bf16, f16 or f32", cxxopts::value<std::string>()->default_value("bf16"), "TYPE")(
-        "block", "block size of 2-D scale grids (default 128x128); re-matches scales", cxxopts::value<std::string>(), "RxC")(
         "f,force", "write the binary stream even to a terminal");
+    st::cli::add_match_options(o);
     const auto r = st::cli::parse(o, argc, argv);
     if (st::cli::handle_help_version(o, r, "")) return 0;
     if (!r.unmatched().empty()) st::usage_error("unexpected argument '" + r.unmatched()[0] + "' (st-dequant reads stdin)");
@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
     const auto target = st::fp8::target_from_name(r["to"].as<std::string>());
     if (!target) st::usage_error("--to must be bf16, f16 or f32, not '" + r["to"].as<std::string>() + "'");
     opt.target = *target;
-    if (r.count("block")) opt.match.block = st::scales::parse_block(r["block"].as<std::string>());
+    opt.match = st::cli::match_options(r);
     st::cli::refuse_tty_stdin();
     st::cli::refuse_binary_to_tty(r.count("force") > 0);
     st::io::FdSource in(STDIN_FILENO, "stdin");

@@ -11,17 +11,18 @@
 int main(int argc, char** argv) {
   return st::cli::run("st-scales", [&] {
     auto o = st::cli::make_options("st-scales", "Report FP8 weights and their scales, or pair them in a pipeline.");
-    o.add_options()("block", "block size of 2-D scale grids (default 128x128)", cxxopts::value<std::string>(), "RxC")(
+    o.add_options()("json", "print the report as one JSON document (schema in st-scales(1))")(
         "report", "in a pipeline, also print the report on stderr")(
         "f,force", "write the binary stream even to a terminal")("file", "input file", cxxopts::value<std::string>());
+    st::cli::add_match_options(o);
     o.parse_positional({"file"});
     o.positional_help("[FILE | -]");
     const auto r = st::cli::parse(o, argc, argv);
     if (st::cli::handle_help_version(o, r, "")) return 0;
-    st::scales::Options opt;
-    if (r.count("block")) opt.block = st::scales::parse_block(r["block"].as<std::string>());
+    const st::scales::Options opt = st::cli::match_options(r);
     const std::string file = r.count("file") ? r["file"].as<std::string>() : "-";
-    if (file != "-") return st::scales::report_file(file, opt, std::cout) ? 1 : 0;
+    const auto format = r.count("json") ? st::scales::ReportFormat::Json : st::scales::ReportFormat::Text;
+    if (file != "-") return st::scales::report_file(file, opt, format, std::cout) ? 1 : 0;
     st::cli::refuse_tty_stdin();
     st::cli::refuse_binary_to_tty(r.count("force") > 0);
     st::io::FdSource in(STDIN_FILENO, "stdin");

@@ -226,26 +226,47 @@ def tensor_bytes(dtype, shape, kind, args, files):
     if kind == 'copy':
         return files[args[0]][1][args[1]][2]
     if kind == 'dequant':
-        # dequant SRCFILE WEIGHT SCALE|- LAYOUT : the oracle's expected bytes
+        # dequant SRCFILE WEIGHT SCALE|- LAYOUT [format=F8_..] [scale-as=F8_E8M0] [scale2=NAME]:
+        # the oracle's expected bytes. format: how a U8/I8 weight's bytes decode;
+        # scale-as: how the scale's bytes decode; scale2: a scalar factor of the scale.
         src = files[args[0]][1]
         wdt, wshape, wdata = src[args[1]]
+        opts = dict(a.split('=', 1) for a in args[4:])
         if args[2] == '-':
             scales = []
         else:
             sdt, _, sdata = src[args[2]]
-            scales = scale_values(sdt, sdata)
-        return dequant(wdt, wshape, wdata, scales, args[3], dtype)
+            scales = scale_values(opts.get('scale-as', sdt), sdata)
+            if 'scale2' in opts:
+                s2dt, _, s2data = src[opts['scale2']]
+                k = scale_values(s2dt, s2data)[0]
+                scales = [bits_f32(f32_bits(v * k)) for v in scales]  # one f32 product
+        return dequant(opts.get('format', wdt), wshape, wdata, scales, args[3], dtype)
     raise CaseError('unknown data kind ' + kind)
 
 
-def parse_tensor_line(words, files):
-    # tensor NAME DTYPE SHAPE KIND ARGS...
+def parse_tensor_line(words, files, raw_text=None):
+    # tensor NAME DTYPE SHAPE KIND ARGS...; SHAPE [*] is the data's length (U8)
     name = words[1]
     if name.startswith('"'):
         name = json.loads(name)
-    dtype, shape = words[2], parse_shape(words[3])
-    data = tensor_bytes(dtype, shape, words[4], words[5:], files)
+    dtype = words[2]
+    shape = None if words[3] == '[*]' else parse_shape(words[3])
+    if words[4] == 'text':      # the rest of the line, verbatim, as UTF-8
+        data = raw_text.encode('utf-8')
+    else:
+        data = tensor_bytes(dtype, shape, words[4], words[5:], files)
+    if shape is None:
+        shape = [len(data)]
     return name, dtype, shape, data
+
+
+def tensor_line(line, files):
+    """Splits a tensor line; 'text' data is taken verbatim (JSON keeps its quotes)."""
+    head, sep, text = line.partition(' text ')
+    if sep:
+        return parse_tensor_line(split(head) + ['text'], files, text)
+    return parse_tensor_line(split(line), files)
 
 
 def split(line):
@@ -293,13 +314,17 @@ def run_case(case_path, tools):
             meta, tensors = None, []
             for lineno, b in body:
                 w = split(b)
-                if w[0] == 'meta':
+                if w[0] == 'meta-raw':      # meta-raw KEY VALUE-VERBATIM (e.g. JSON)
+                    meta = meta or {}
+                    _, key, value = b.split(None, 2)
+                    meta[key] = value
+                elif w[0] == 'meta':
                     meta = meta or {}
                     meta[w[1]] = w[2] if len(w) > 2 else ''
                 elif w[0] == 'no-meta':
                     meta = None
                 elif w[0] == 'tensor':
-                    tensors.append(parse_tensor_line(w, files))
+                    tensors.append(tensor_line(b, files))
                 else:
                     raise CaseError('%d: unknown file line %r' % (lineno, b))
             path = os.path.join(work, rest)
@@ -326,6 +351,15 @@ def run_case(case_path, tools):
                     raise CaseError('%d: unknown raw line %r' % (lineno, b))
             with open(os.path.join(work, rest), 'wb') as f:
                 f.write(data)
+            continue
+        if word == 'textfile':      # textfile NAME: the indented lines, verbatim
+            body, i = block(i)
+            with open(os.path.join(work, rest), 'w', encoding='utf-8') as f:
+                f.write('\n'.join(b for _, b in body) + '\n')
+            continue
+        if word == 'load':          # read a file made by a command, for copy/dequant
+            meta, got, _ = read_safetensors(os.path.join(work, rest))
+            files[rest] = (meta, got)
             continue
         if word in ('run', 'run-tty'):  # a shell command, run in the work dir
             if word == 'run-tty':          # stdin and stdout are a terminal
@@ -426,10 +460,12 @@ def run_case(case_path, tools):
                     want_meta_given = True
                 elif w[0] == 'no-meta':
                     want_meta_given = True
+                elif w[0] == 'meta-json':
+                    want_meta, want_meta_given = json.loads(b.split(None, 1)[1]), True
                 elif w[0] == 'meta-from':
                     want_meta, want_meta_given = files[w[1]][0], True
                 elif w[0] == 'tensor':
-                    name, dtype, shape, data = parse_tensor_line(w, files)
+                    name, dtype, shape, data = tensor_line(b, files)
                     want[name] = (dtype, shape, data)
                 elif w[0] == 'order':
                     check(order == w[1:], 'data order %s, wanted %s' % (order, w[1:]))

@@ -124,6 +124,31 @@ TEST_CASE("infer_layout: block grids, ragged edges, --block override", "[scales]
   }
 }
 
+TEST_CASE("infer_layout: groups along a row (compressed-tensors GROUP, MX, musubi)", "[scales][layout]") {
+  // [out, k]: groups of N/k along each row when k divides N.
+  auto g = infer({4, 8}, {4, 2});
+  REQUIRE(g.has_value());
+  CHECK(g->layout == ScaleLayout::Block);
+  CHECK(g->block_rows == 1);
+  CHECK(g->block_cols == 4);
+  // musubi [out, in/bs, 1]
+  auto mb = infer({6, 64}, {6, 2, 1});
+  REQUIRE(mb.has_value());
+  CHECK(mb->block_rows == 1);
+  CHECK(mb->block_cols == 32);
+  // Ragged groups need the size: 3 groups over 300 columns could be 100 or 128.
+  auto exact = infer({4, 300}, {4, 3});
+  REQUIRE(exact.has_value());
+  CHECK(exact->block_cols == 100);
+  CHECK(!infer({4, 301}, {4, 3}).has_value());
+  auto hinted = sc::infer_layout({4, 301}, {4, 3}, sc::BlockSize{}, nullptr, uint64_t{128});
+  REQUIRE(hinted.has_value());
+  CHECK(hinted->block_cols == 128);
+  auto forced = sc::infer_layout({4, 301}, {4, 3}, sc::BlockSize{1, 101}, nullptr);
+  REQUIRE(forced.has_value());
+  CHECK(forced->block_cols == 101);
+}
+
 TEST_CASE("infer_layout: shapes that fit nothing", "[scales][layout]") {
   struct C { Shape w, s; };
   const C bad[] = {
@@ -131,8 +156,6 @@ TEST_CASE("infer_layout: shapes that fit nothing", "[scales][layout]") {
       {{4, 8}, {8}},         // columns, not rows
       {{4, 8}, {5, 1}},
       {{4, 8}, {1, 8}},
-      {{4, 8}, {4, 2}},      // grid [1,1] for 128x128
-      {{4, 8}, {4, 1, 1}},
       {{4, 8}, {2, 2, 2}},
       {{256, 384}, {2, 4}},  // one column block too many
       {{256, 384}, {3, 3}},

@@ -526,9 +526,20 @@ TEST_CASE("matching survives the manifest round trip", "[stream]") {
                ti("b.weight", Dtype::F8_E4M3, {200, 130}, 26000),
                ti("b.weight_scale_inv", Dtype::F32, {2, 2}, 16), ti("c.weight", Dtype::F8_E5M2, {2}, 2)};
   stream::Matching mt;
-  mt.pairs = {{"w", "w_scale", stream::ScaleLayout::PerRow, 0, 0},
-              {"b.weight", "b.weight_scale_inv", stream::ScaleLayout::Block, 128, 128},
-              {"c.weight", "", stream::ScaleLayout::PerTensor, 0, 0}};
+  auto pair = [](const char* w, const char* s, stream::ScaleLayout l, uint64_t br, uint64_t bc, Dtype f) {
+    stream::ScalePairing p;
+    p.weight = w;
+    p.scale = s;
+    p.layout = l;
+    p.block_rows = br;
+    p.block_cols = bc;
+    p.format = f;
+    if (*s) p.convention = "weight_scale";
+    return p;
+  };
+  mt.pairs = {pair("w", "w_scale", stream::ScaleLayout::PerRow, 0, 0, Dtype::F8_E4M3),
+              pair("b.weight", "b.weight_scale_inv", stream::ScaleLayout::Block, 128, 128, Dtype::F8_E4M3),
+              pair("c.weight", "", stream::ScaleLayout::PerTensor, 0, 0, Dtype::F8_E5M2)};
   mt.drop = {"w_scale", "b.weight_scale_inv"};
   mt.problems = {{"no-scale", "c.weight", "no scale found; cast with scale 1 \xC3\xA9"}};
   mt.block_rows = 128;
@@ -543,6 +554,7 @@ TEST_CASE("matching survives the manifest round trip", "[stream]") {
       INFO("pair " << i);
       CHECK(x.pairs[i].weight == mt.pairs[i].weight);
       CHECK(x.pairs[i].scale == mt.pairs[i].scale);
+      CHECK(x.pairs[i].format == mt.pairs[i].format);
       if (!mt.pairs[i].scale.empty()) CHECK(x.pairs[i].layout == mt.pairs[i].layout);
     }
     CHECK(x.pairs[1].block_rows == 128);

@@ -1,0 +1,77 @@
+#include "model_config.hpp"
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "error.hpp"
+
+namespace st::model_config {
+
+namespace {
+
+std::string dir_of(const std::string& path) {
+  const auto slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+std::optional<uint64_t> positive(const rapidjson::Value& v) {
+  if (v.IsUint64() && v.GetUint64() > 0) return v.GetUint64();
+  return std::nullopt;
+}
+
+std::optional<std::pair<uint64_t, uint64_t>> pair_of(const rapidjson::Value& v) {
+  if (!v.IsArray() || v.Size() != 2) return std::nullopt;
+  auto a = positive(v[0]), b = positive(v[1]);
+  if (!a || !b) return std::nullopt;
+  return std::make_pair(*a, *b);
+}
+
+}  // namespace
+
+std::string read_quantization_config(const std::string& model_path) {
+  const std::string path = dir_of(model_path) + "/config.json";
+  struct stat sb;
+  if (::stat(path.c_str(), &sb) != 0 || !S_ISREG(sb.st_mode)) return "";
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  rapidjson::Document doc;
+  doc.Parse(text.str().c_str(), text.str().size());
+  if (doc.HasParseError() || !doc.IsObject()) fail(path + ": not valid JSON (it holds the model's quantization settings)");
+  auto it = doc.FindMember("quantization_config");
+  if (it == doc.MemberEnd() || !it->value.IsObject()) return "";
+  rapidjson::StringBuffer sb2;
+  rapidjson::Writer<rapidjson::StringBuffer> w(sb2);
+  it->value.Accept(w);
+  return std::string(sb2.GetString(), sb2.GetSize());
+}
+
+QuantSizes quant_sizes(const std::string& qc) {
+  QuantSizes out;
+  if (qc.empty()) return out;
+  rapidjson::Document doc;
+  doc.Parse(qc.c_str(), qc.size());
+  if (doc.HasParseError() || !doc.IsObject()) return out;
+  if (auto it = doc.FindMember("weight_block_size"); it != doc.MemberEnd()) out.block = pair_of(it->value);
+  // compressed-tensors: config_groups.<name>.weights.{block_structure, group_size}
+  if (auto g = doc.FindMember("config_groups"); g != doc.MemberEnd() && g->value.IsObject()) {
+    for (auto grp = g->value.MemberBegin(); grp != g->value.MemberEnd(); ++grp) {
+      if (!grp->value.IsObject()) continue;
+      auto w = grp->value.FindMember("weights");
+      if (w == grp->value.MemberEnd() || !w->value.IsObject()) continue;
+      if (auto b = w->value.FindMember("block_structure"); b != w->value.MemberEnd() && !out.block)
+        out.block = pair_of(b->value);
+      if (auto gs = w->value.FindMember("group_size"); gs != w->value.MemberEnd() && !out.group)
+        out.group = positive(gs->value);
+    }
+  }
+  return out;
+}
+
+}  // namespace st::model_config
