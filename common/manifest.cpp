@@ -259,9 +259,13 @@ Manifest decode_manifest(std::string_view json) {
 
   if (auto it = doc.FindMember("quantization_config"); it != doc.MemberEnd() && !it->value.IsNull()) {
     if (!it->value.IsObject()) bad("quantization_config is not an object");
+    // Numbers were read as strings above (to keep u64 exact); this object is
+    // passed on as it was, so it is taken from a plain parse.
+    rapidjson::Document plain;
+    plain.Parse<rapidjson::kParseIterativeFlag>(copy.c_str(), copy.size());
     rapidjson::StringBuffer qb;
     rapidjson::Writer<rapidjson::StringBuffer> qw(qb);
-    it->value.Accept(qw);
+    plain["quantization_config"].Accept(qw);
     m.quantization_config.assign(qb.GetString(), qb.GetSize());
   }
 

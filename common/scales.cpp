@@ -246,10 +246,14 @@ std::optional<ScalePairing> infer_layout(const std::vector<uint64_t>& w, const s
       const uint64_t sr = s[s.size() - 2], sc = s[s.size() - 1];
       // Groups along a row (compressed-tensors GROUP, MX): w[:-1] + [ceil(n/g)].
       if (sr == m && sc > 0) {
+        // The size comes from --block 1xG or config.json; else n/k when that
+        // is a power of two: then it is the only power-of-two size that
+        // gives k groups (a ragged size such as 128 for 300 columns in 3
+        // groups is not guessed).
         std::optional<uint64_t> g;
         if (block.rows == 1 && ceil_div(n, block.cols) == sc) g = block.cols;
         else if (group && ceil_div(n, *group) == sc) g = group;
-        else if (n % sc == 0) g = n / sc;
+        else if (n % sc == 0 && ((n / sc) & (n / sc - 1)) == 0) g = n / sc;
         if (g) return set_block(1, *g);
         if (why)
           *why = "scale shape " + shape_text(s) + " has " + std::to_string(sc) + " groups per row of " +

@@ -136,10 +136,13 @@ TEST_CASE("infer_layout: groups along a row (compressed-tensors GROUP, MX, musub
   REQUIRE(mb.has_value());
   CHECK(mb->block_rows == 1);
   CHECK(mb->block_cols == 32);
-  // Ragged groups need the size: 3 groups over 300 columns could be 100 or 128.
-  auto exact = infer({4, 300}, {4, 3});
+  // Without a size from the config or --block, k groups over N columns are
+  // N/k wide only when that is a power of two (the one power-of-two size that
+  // gives k groups); 3 groups over 300 columns could be 100 or 128: refused.
+  auto exact = infer({4, 256}, {4, 2});
   REQUIRE(exact.has_value());
-  CHECK(exact->block_cols == 100);
+  CHECK(exact->block_cols == 128);
+  CHECK(!infer({4, 300}, {4, 3}).has_value());
   CHECK(!infer({4, 301}, {4, 3}).has_value());
   auto hinted = sc::infer_layout({4, 301}, {4, 3}, sc::BlockSize{}, nullptr, uint64_t{128});
   REQUIRE(hinted.has_value());
