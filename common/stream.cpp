@@ -71,7 +71,7 @@ Writer::~Writer() {
     if (!begun_) preamble();
     static const char kWhy[] = "the producing stage failed";
     struct iovec v{const_cast<char*>(kWhy), sizeof kWhy - 1};
-    frame(kFrameAbort, &v, 1);
+    frame(kFrameAbort, &v, 1, 1);
   } catch (...) {
     // Nothing more can be said downstream.
   }
@@ -89,7 +89,7 @@ void Writer::preamble() {
   begun_ = true;
 }
 
-void Writer::frame(uint32_t type, const struct iovec* parts, int count) {
+void Writer::frame(uint32_t type, const struct iovec* parts, int count, int hashed) {
   uint64_t len = 0;
   for (int i = 0; i < count; ++i) len += parts[i].iov_len;
   uint8_t hdr[kFrameHeaderBytes];
@@ -98,7 +98,7 @@ void Writer::frame(uint32_t type, const struct iovec* parts, int count) {
   put_u64(hdr + 8, len);
   h_->frame.reset();
   h_->frame.update(hdr, 16);
-  for (int i = 0; i < count; ++i) h_->frame.update(parts[i].iov_base, parts[i].iov_len);
+  for (int i = 0; i < hashed; ++i) h_->frame.update(parts[i].iov_base, parts[i].iov_len);
   put_u64(hdr + 16, h_->frame.digest());
   struct iovec v[6];
   int n = 0;
@@ -117,7 +117,7 @@ void Writer::begin(const Manifest& m) {
   const std::string json = encode_manifest(m);
   if (json.size() > kMaxManifestBytes) fail("manifest too large for the stream format (" + std::to_string(json.size()) + " bytes)");
   struct iovec v{const_cast<char*>(json.data()), json.size()};
-  frame(kFrameManifest, &v, 1);
+  frame(kFrameManifest, &v, 1, 1);
   sizes_.clear();
   for (const auto& t : m.tensors) sizes_.push_back(t.nbytes);
   current_ = 0;
@@ -134,9 +134,11 @@ void Writer::data(uint32_t index, std::span<const uint8_t> bytes) {
     uint8_t sub[kDataSubheaderBytes] = {};
     put_u32(sub, index);
     put_u64(sub + 8, offset_);
+    const uint64_t data_hash = XXH3_64bits(bytes.data(), n);
+    put_u64(sub + 16, data_hash);
     struct iovec v[2] = {{sub, sizeof sub}, {const_cast<uint8_t*>(bytes.data()), n}};
-    frame(kFrameData, v, 2);
-    h_->tensor.update(bytes.data(), n);
+    frame(kFrameData, v, 2, 1);  // the data is covered by data_hash
+    h_->tensor.update(sub + 16, 8);
     offset_ += n;
     data_bytes_ += n;
     bytes = bytes.subspan(n);
@@ -152,7 +154,7 @@ void Writer::end_tensor(uint32_t index) {
   const uint64_t hash = h_->tensor.digest();
   put_u64(p + 16, hash);
   struct iovec v{p, sizeof p};
-  frame(kFrameTensorEnd, &v, 1);
+  frame(kFrameTensorEnd, &v, 1, 1);
   uint8_t le[8];
   put_u64(le, hash);
   h_->combined.update(le, 8);
@@ -169,7 +171,7 @@ void Writer::finish() {
   put_u64(p + 16, frames_);  // frames before END, after the preamble
   put_u64(p + 24, h_->combined.digest());
   struct iovec v{p, sizeof p};
-  frame(kFrameEnd, &v, 1);
+  frame(kFrameEnd, &v, 1, 1);
   finished_ = true;
 }
 
@@ -249,9 +251,12 @@ uint32_t Reader::read_frame() {
     if (src_.read_full(buf_.data(), buf_.size()) != buf_.size()) corrupt("stream truncated inside a frame");
     for (size_t i = 0; i < pad; ++i)
       if (buf_[len + i] != 0) corrupt("frame padding is not zero");
+    // A DATA frame's checksum covers its sub-header; the sub-header's data
+    // checksum covers the data (checked in next()).
+    const uint64_t hashed = type == kFrameData ? std::min<uint64_t>(len, kDataSubheaderBytes) : len;
     h_->frame.reset();
     h_->frame.update(hdr, 16);
-    h_->frame.update(buf_.data(), len);
+    h_->frame.update(buf_.data(), hashed);
     if (h_->frame.digest() != get_u64(hdr + 16)) corrupt("frame checksum mismatch (corrupt stream)");
     payload_len_ = len;
     next_pos_ = pos_ + sizeof hdr + buf_.size();
@@ -277,13 +282,17 @@ Event Reader::next() {
         corrupt("DATA for tensor #" + std::to_string(index) + " where tensor #" + std::to_string(current_) + " was due");
       if (offset != received_) corrupt("DATA offset " + std::to_string(offset) + " where " + std::to_string(received_) + " was due");
       if (n > ts[index].nbytes - received_) corrupt("more data than tensor '" + ts[index].name + "' holds");
-      h_->tensor.update(buf_.data() + kDataSubheaderBytes, n);
+      const uint64_t data_hash = get_u64(buf_.data() + 16);
+      if (XXH3_64bits(buf_.data() + kDataSubheaderBytes, n) != data_hash)
+        corrupt("data checksum mismatch in tensor '" + ts[index].name + "' (corrupt stream)");
+      h_->tensor.update(buf_.data() + 16, 8);
       received_ += n;
       data_bytes_ += n;
       ev.kind = Event::Kind::Data;
       ev.tensor = index;
       ev.offset = offset;
       ev.data = {buf_.data() + kDataSubheaderBytes, static_cast<size_t>(n)};
+      ev.hash = data_hash;
       return ev;
     }
     case kFrameTensorEnd: {

@@ -1,9 +1,10 @@
 // Reading and writing st-stream v1 (docs/stream-format.md): a preamble, one
 // MANIFEST frame, then for each tensor in manifest order its DATA chunks and a
-// TENSOR_END frame with the tensor's XXH3-64, then a mandatory END frame.
-// Every frame carries an XXH3-64 of its header and payload; the reader checks
-// every checksum, every size and the order, so a flipped byte or a cut stream
-// is always reported.
+// TENSOR_END frame, then a mandatory END frame. Every frame carries an
+// XXH3-64 of its header and payload, except that a DATA frame's data bytes
+// are covered by the data checksum in its sub-header (so each byte is hashed
+// once); the reader checks every checksum, every size and the order, so a
+// flipped byte or a cut stream is always reported.
 #pragma once
 
 #include <cstdint>
@@ -37,7 +38,8 @@ class Writer {
   void finish();
 
  private:
-  void frame(uint32_t type, const struct iovec* parts, int count);
+  // The frame checksum covers the header and the first `hashed` parts.
+  void frame(uint32_t type, const struct iovec* parts, int count, int hashed);
   void preamble();
 
   io::Sink& sink_;
@@ -60,7 +62,8 @@ struct Event {
   uint32_t tensor = 0;
   uint64_t offset = 0;               // Data: where these bytes start in the tensor
   std::span<const uint8_t> data;     // Data: valid until the next call to next()
-  uint64_t hash = 0;                 // TensorEnd: XXH3-64 of the tensor's bytes
+  uint64_t hash = 0;                 // Data: XXH3-64 of these bytes (checked);
+                                     // TensorEnd: the tensor checksum (§6)
 };
 
 class Reader {

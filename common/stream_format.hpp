@@ -27,7 +27,7 @@ enum FrameType : uint32_t {
 inline constexpr uint32_t kFirstSkippableType = 0x80000000u;  // §6
 
 // §4 Payload sizes
-inline constexpr size_t kDataSubheaderBytes = 16;
+inline constexpr size_t kDataSubheaderBytes = 24;  // index, reserved, offset, data checksum
 inline constexpr size_t kTensorEndBytes = 24;
 inline constexpr size_t kEndBytes = 32;
 

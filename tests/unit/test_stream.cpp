@@ -39,6 +39,20 @@ void put(Bytes& b, uint64_t v, int n) {
 }
 Bytes str_bytes(const std::string& s) { return Bytes(s.begin(), s.end()); }
 
+// Tensor_Checksum (§6): XXH3-64 of the tensor's DATA checksums, each the
+// XXH3-64 of one chunk's data, as u64 LE, in order.
+uint64_t chain(const std::vector<Bytes>& chunks) {
+  Bytes hashes;
+  for (const Bytes& c : chunks) put(hashes, xxh(c), 8);
+  return xxh(hashes);
+}
+uint64_t chain_chunks(const Bytes& d, size_t chunk) {
+  std::vector<Bytes> parts;
+  for (size_t i = 0; i < d.size(); i += chunk)
+    parts.emplace_back(d.begin() + long(i), d.begin() + long(std::min(d.size(), i + chunk)));
+  return chain(parts);
+}
+
 // ------------------------------------------------- independent stream parser
 
 struct Frame {
@@ -74,8 +88,14 @@ std::string parse_layout(const Bytes& s, std::vector<Frame>& frames) {
     if (f.len > s.size() - p - 24) return "payload past end at " + std::to_string(p);
     f.payload.assign(s.begin() + long(p + 24), s.begin() + long(p + 24 + f.len));
     Bytes h(s.begin() + long(p), s.begin() + long(p + 16));
-    h.insert(h.end(), f.payload.begin(), f.payload.end());
+    // A DATA frame's checksum covers its 24-byte sub-header; the sub-header's
+    // data checksum covers the data.
+    const size_t hashed = f.type == stream::kFrameData ? std::min<size_t>(f.payload.size(), 24) : f.payload.size();
+    h.insert(h.end(), f.payload.begin(), f.payload.begin() + long(hashed));
     if (xxh(h) != f.checksum) return "frame checksum at " + std::to_string(p);
+    if (f.type == stream::kFrameData && f.payload.size() >= 24 &&
+        rd(&f.payload[16], 8) != xxh(f.payload.data() + 24, f.payload.size() - 24))
+      return "data checksum at " + std::to_string(p);
     size_t end = p + 24 + size_t(f.len);
     size_t padded = (end + 7) / 8 * 8;
     if (padded > s.size()) return "padding past end at " + std::to_string(p);
@@ -110,7 +130,8 @@ void append_frame(Bytes& s, const F& f) {
   put(h, f.flags, 4);
   put(h, f.payload.size(), 8);
   Bytes c = h;
-  c.insert(c.end(), f.payload.begin(), f.payload.end());
+  const size_t hashed = f.type == stream::kFrameData ? std::min<size_t>(f.payload.size(), 24) : f.payload.size();
+  c.insert(c.end(), f.payload.begin(), f.payload.begin() + long(hashed));
   put(h, xxh(c), 8);
   s.insert(s.end(), h.begin(), h.end());
   s.insert(s.end(), f.payload.begin(), f.payload.end());
@@ -129,6 +150,7 @@ F data_frame(uint32_t idx, uint64_t off, const Bytes& d, uint32_t reserved = 0) 
   put(f.payload, idx, 4);
   put(f.payload, reserved, 4);
   put(f.payload, off, 8);
+  put(f.payload, xxh(d), 8);
   f.payload.insert(f.payload.end(), d.begin(), d.end());
   return f;
 }
@@ -161,7 +183,7 @@ F end_for(const std::vector<F>& frames) {
       ++count;
       hashes.insert(hashes.end(), f.payload.begin() + 16, f.payload.begin() + 24);
     }
-    if (f.type == stream::kFrameData) bytes += f.payload.size() - 16;
+    if (f.type == stream::kFrameData) bytes += f.payload.size() - 24;
   }
   return end_frame(count, bytes, frames.size(), xxh(hashes));
 }
@@ -180,8 +202,8 @@ const Bytes kT1 = {0, 0, 0x80, 0x3F};
 
 // A valid stream of two tensors written from the spec alone (without END).
 std::vector<F> hand_frames() {
-  return {manifest_frame(kHandManifest), data_frame(0, 0, kT0), tensor_end_frame(0, 3, xxh(kT0)),
-          data_frame(1, 0, kT1), tensor_end_frame(1, 4, xxh(kT1))};
+  return {manifest_frame(kHandManifest), data_frame(0, 0, kT0), tensor_end_frame(0, 3, chain({kT0})),
+          data_frame(1, 0, kT1), tensor_end_frame(1, 4, chain({kT1}))};
 }
 
 // ------------------------------------------------------------- reading
@@ -296,6 +318,20 @@ std::vector<Bytes> test_data(const stream::Manifest& m) {
 
 constexpr size_t kChunk = 16;
 
+// The chunks write_test_stream() gives tensor data: pieces of 5, 20 and the
+// rest, each split into kChunk-byte DATA frames.
+std::vector<Bytes> test_chunks(const Bytes& d) {
+  std::vector<Bytes> out;
+  size_t at = 0;
+  for (size_t piece : {size_t(5), size_t(20), d.size()}) {
+    const size_t n = std::min(piece, d.size() - at);
+    for (size_t k = 0; k < n; k += kChunk)
+      out.emplace_back(d.begin() + long(at + k), d.begin() + long(at + std::min(n, k + kChunk)));
+    at += n;
+  }
+  return out;
+}
+
 Bytes write_test_stream() {
   const auto m = test_manifest();
   const auto d = test_data(m);
@@ -349,7 +385,7 @@ TEST_CASE("Writer -> Reader round trip through memory", "[stream]") {
     CHECK(!rb.manifest.matching.has_value());
     CHECK(rb.tensors == d);
     REQUIRE(rb.hashes.size() == d.size());
-    for (size_t i = 0; i < d.size(); ++i) CHECK(rb.hashes[i] == xxh(d[i]));
+    for (size_t i = 0; i < d.size(); ++i) CHECK(rb.hashes[i] == chain(test_chunks(d[i])));
     // event order: per tensor, DATA in order (offsets contiguous), one TENSOR_END; then END
     uint32_t cur = 0;
     uint64_t got = 0;
@@ -401,22 +437,24 @@ TEST_CASE("byte layout follows docs/stream-format.md", "[stream][layout]") {
     CHECK(fr.back().type == stream::kFrameEnd);
     uint32_t cur = 0;
     uint64_t got = 0, data_bytes = 0;
-    Bytes hashes;
+    Bytes hashes, chunk_hashes;
     for (size_t i = 1; i + 1 < fr.size(); ++i) {
       const Frame& f = fr[i];
       INFO("frame " << i << " at " << f.pos);
       CHECK(f.pos % 8 == 0);
       if (f.type == stream::kFrameData) {
-        REQUIRE(f.len > 16);
-        CHECK(f.len - 16 <= kChunk);
+        REQUIRE(f.len > 24);
+        CHECK(f.len - 24 <= kChunk);
         CHECK(rd(&f.payload[0], 4) == cur);
         CHECK(rd(&f.payload[4], 4) == 0);
         CHECK(rd(&f.payload[8], 8) == got);
+        CHECK(rd(&f.payload[16], 8) == xxh(f.payload.data() + 24, f.len - 24));
         REQUIRE(cur < d.size());
-        REQUIRE(got + (f.len - 16) <= d[cur].size());
-        CHECK(std::equal(f.payload.begin() + 16, f.payload.end(), d[cur].begin() + long(got)));
-        got += f.len - 16;
-        data_bytes += f.len - 16;
+        REQUIRE(got + (f.len - 24) <= d[cur].size());
+        CHECK(std::equal(f.payload.begin() + 24, f.payload.end(), d[cur].begin() + long(got)));
+        chunk_hashes.insert(chunk_hashes.end(), f.payload.begin() + 16, f.payload.begin() + 24);
+        got += f.len - 24;
+        data_bytes += f.len - 24;
       } else {
         REQUIRE(f.type == stream::kFrameTensorEnd);
         REQUIRE(f.len == 24);
@@ -424,7 +462,9 @@ TEST_CASE("byte layout follows docs/stream-format.md", "[stream][layout]") {
         CHECK(rd(&f.payload[4], 4) == 0);
         CHECK(rd(&f.payload[8], 8) == d[cur].size());
         CHECK(got == d[cur].size());
-        CHECK(rd(&f.payload[16], 8) == xxh(d[cur]));
+        CHECK(rd(&f.payload[16], 8) == xxh(chunk_hashes));
+        CHECK(rd(&f.payload[16], 8) == chain(test_chunks(d[cur])));
+        chunk_hashes.clear();
         hashes.insert(hashes.end(), f.payload.begin() + 16, f.payload.end());
         ++cur;
         got = 0;
@@ -598,7 +638,7 @@ TEST_CASE("hand-built streams written from the spec are read", "[stream][spec]")
     CHECK(rb.manifest.tensors[1].dtype == Dtype::F32);
     CHECK(rb.tensors[0] == kT0);
     CHECK(rb.tensors[1] == kT1);
-    CHECK(rb.hashes == std::vector<uint64_t>{xxh(kT0), xxh(kT1)});
+    CHECK(rb.hashes == std::vector<uint64_t>{chain({kT0}), chain({kT1})});
   }
   SECTION("re-chunked into one-byte DATA frames, a skippable frame, minor version 7, unknown fields") {
     std::string json = kHandManifest;
@@ -606,11 +646,11 @@ TEST_CASE("hand-built streams written from the spec are read", "[stream][spec]")
     json.replace(json.find(R"("nbytes":3})"), 11, R"("nbytes":3,"later":true})");
     std::vector<F> fr = {manifest_frame(json), F{0x80000000u, str_bytes("ignore me")}};
     for (uint64_t i = 0; i < 3; ++i) fr.push_back(data_frame(0, i, {kT0[i]}));
-    fr.push_back(tensor_end_frame(0, 3, xxh(kT0)));
+    fr.push_back(tensor_end_frame(0, 3, chain({{kT0[0]}, {kT0[1]}, {kT0[2]}})));
     fr.push_back(F{0xFFFFFFFFu, {}});
     fr.push_back(data_frame(1, 0, {kT1[0], kT1[1]}));
     fr.push_back(data_frame(1, 2, {kT1[2], kT1[3]}));
-    fr.push_back(tensor_end_frame(1, 4, xxh(kT1)));
+    fr.push_back(tensor_end_frame(1, 4, chain({{kT1[0], kT1[1]}, {kT1[2], kT1[3]}})));
     auto rb = read_all(assemble(with_end(fr), preamble(1, 7)));
     CHECK(rb.tensors[0] == kT0);
     CHECK(rb.tensors[1] == kT1);
@@ -683,10 +723,11 @@ TEST_CASE("hand-built streams that break a §10 rule are rejected", "[stream][sp
       {"DATA reserved", replaced(1, data_frame(0, 0, kT0, 1))},
       {"DATA offset gap", replaced(1, data_frame(0, 1, kT0))},
       {"DATA past size", replaced(1, data_frame(0, 0, {1, 2, 3, 4}))},
-      {"TENSOR_END wrong size", replaced(2, tensor_end_frame(0, 2, xxh(kT0)))},
-      {"TENSOR_END wrong checksum", replaced(2, tensor_end_frame(0, 3, xxh(kT1)))},
-      {"TENSOR_END wrong index", replaced(2, tensor_end_frame(1, 3, xxh(kT0)))},
-      {"TENSOR_END reserved", replaced(2, tensor_end_frame(0, 3, xxh(kT0), 1))},
+      {"TENSOR_END wrong size", replaced(2, tensor_end_frame(0, 2, chain({kT0})))},
+      {"TENSOR_END wrong checksum", replaced(2, tensor_end_frame(0, 3, chain({kT1})))},
+      {"TENSOR_END plain data hash", replaced(2, tensor_end_frame(0, 3, xxh(kT0)))},
+      {"TENSOR_END wrong index", replaced(2, tensor_end_frame(1, 3, chain({kT0})))},
+      {"TENSOR_END reserved", replaced(2, tensor_end_frame(0, 3, chain({kT0}), 1))},
       {"missing TENSOR_END", assemble(with_end(no_te))},
       {"END tensor count", wrong_end(0)},
       {"END data bytes", wrong_end(1)},
@@ -733,7 +774,7 @@ TEST_CASE("claimed payload lengths over a type's limit are refused before alloca
       {"MANIFEST 2^63", stream::kFrameManifest, 1ull << 63},
       {"MANIFEST 256 MiB + 1", stream::kFrameManifest, (256ull << 20) + 1},
       {"DATA 2^63", stream::kFrameData, 1ull << 63},
-      {"DATA 16 + 16 MiB + 1", stream::kFrameData, 16 + (16ull << 20) + 1},
+      {"DATA 24 + 16 MiB + 1", stream::kFrameData, 24 + (16ull << 20) + 1},
       {"TENSOR_END 2^62", stream::kFrameTensorEnd, 1ull << 62},
       {"END 2^62", stream::kFrameEnd, 1ull << 62},
       {"ABORT 2^63", stream::kFrameAbort, 1ull << 63},
@@ -772,12 +813,12 @@ TEST_CASE("the default Writer splits a large tensor into DATA frames of at most 
   for (const Frame& f : fr)
     if (f.type == stream::kFrameData) {
       ++data_frames;
-      CHECK(f.len - 16 <= stream::kDefaultChunkBytes);
+      CHECK(f.len - 24 <= stream::kDefaultChunkBytes);
     }
   CHECK(data_frames >= 3);
   auto rb = read_all(sink.bytes);
   CHECK(rb.tensors[0] == d);
-  CHECK(rb.hashes[0] == xxh(d));
+  CHECK(rb.hashes[0] == chain_chunks(d, stream::kDefaultChunkBytes));
 }
 
 TEST_CASE("every single-byte flip is detected", "[stream][corruption]") {
@@ -941,7 +982,7 @@ TEST_CASE("Writer never produces an invalid stream from a misuse", "[stream][wri
     std::vector<Frame> fr;
     REQUIRE(parse_layout(sink.bytes, fr).empty());
     for (const Frame& f : fr)
-      if (f.type == stream::kFrameData) CHECK(f.len > 16);
+      if (f.type == stream::kFrameData) CHECK(f.len > 24);
     CHECK(read_all(sink.bytes).tensors == d);
   }
 }
