@@ -118,7 +118,10 @@ void add_match_options(cxxopts::Options& o) {
 scales::Options match_options(const cxxopts::ParseResult& r) {
   scales::Options opt;
   if (r.count("block")) opt.block = scales::parse_block(r["block"].as<std::string>());
-  if (r.count("convention")) opt.convention = r["convention"].as<std::string>();
+  if (r.count("convention")) {
+    opt.convention = r["convention"].as<std::string>();
+    scales::check_convention(opt.convention);
+  }
   if (r.count("u8-as")) opt.u8_as = scales::parse_fp8_format(r["u8-as"].as<std::string>());
   opt.strict = r.count("strict") > 0;
   opt.keep_scales = r.count("keep-scales") > 0;

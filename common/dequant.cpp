@@ -71,15 +71,12 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   size_t nmarkers = 0;
   const scales::MarkerData markers = scales::read_markers(in, nmarkers);
   stream::Matching mt;
-  if (m.matching && !rematch_requested(opt.match)) {
-    mt = *m.matching;
-    scales::validate(m, mt);
-  } else {
-    mt = scales::match(m, markers, opt.match);
-  }
+  const bool recorded = m.matching && !rematch_requested(opt.match);
+  mt = recorded ? *m.matching : scales::match(m, markers, opt.match);
   for (const auto& p : mt.problems)
     if (scales::is_fatal(p, opt.match.strict))
       fail("tensor " + json::quote(p.tensor) + ": " + (p.kind == scales::kNoScale ? "FP8 weight without a scale (--strict)" : p.detail));
+  if (recorded) scales::validate(m, mt);
 
   const size_t n = m.tensors.size();
   std::unordered_map<std::string, size_t> index;

@@ -107,7 +107,7 @@ std::map<std::string, std::string> comfy_layer_formats(const stream::Manifest& m
         rapidjson::Document d;
         d.Parse(v.c_str(), v.size());
         if (d.HasParseError() || !d.IsObject()) {
-          problems.push_back({kUnusableScale, "__metadata__._quantization_metadata", "is not valid JSON"});
+          problems.push_back({kBadMarker, "__metadata__._quantization_metadata", "is not valid JSON"});
           continue;
         }
         if (auto l = d.FindMember("layers"); l != d.MemberEnd() && l->value.IsObject())
@@ -119,7 +119,7 @@ std::map<std::string, std::string> comfy_layer_formats(const stream::Manifest& m
     d.Parse(reinterpret_cast<const char*>(bytes.data()), bytes.size());
     const std::string layer = name.size() > 12 ? name.substr(0, name.size() - 12) : "";
     if (d.HasParseError()) {
-      problems.push_back({kUnusableScale, name, "comfy_quant marker is not valid JSON"});
+      problems.push_back({kBadMarker, name, "comfy_quant marker is not valid JSON"});
       continue;
     }
     formats[layer] = format_of(d);
@@ -150,6 +150,14 @@ std::vector<std::string> convention_names() {
   for (const auto& c : kConventions)
     if (std::find(out.begin(), out.end(), c.name) == out.end()) out.push_back(c.name);
   return out;
+}
+
+void check_convention(const std::string& name) {
+  const auto names = convention_names();
+  if (std::find(names.begin(), names.end(), name) != names.end()) return;
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+  usage_error("--convention must be one of " + list + ", not '" + name + "'");
 }
 
 std::string convention_description(const std::string& name) {
@@ -240,7 +248,7 @@ std::optional<ScalePairing> infer_layout(const std::vector<uint64_t>& w, const s
     }
     // musubi-tuner blocks along a row: w[:-1] + [n/bs, 1], bs dividing n.
     if (s.size() == w.size() + 1 && std::equal(rows.begin(), rows.end(), s.begin()) && s.back() == 1 &&
-        s[s.size() - 2] > 0 && n % s[s.size() - 2] == 0)
+        n > 0 && s[s.size() - 2] > 0 && n % s[s.size() - 2] == 0)
       return set_block(1, n / s[s.size() - 2]);
     if (s.size() == w.size() && std::equal(w.begin(), w.end() - 2, s.begin())) {
       const uint64_t sr = s[s.size() - 2], sc = s[s.size() - 1];
@@ -253,7 +261,7 @@ std::optional<ScalePairing> infer_layout(const std::vector<uint64_t>& w, const s
         std::optional<uint64_t> g;
         if (block.rows == 1 && ceil_div(n, block.cols) == sc) g = block.cols;
         else if (group && ceil_div(n, *group) == sc) g = group;
-        else if (n % sc == 0 && ((n / sc) & (n / sc - 1)) == 0) g = n / sc;
+        else if (n > 0 && n % sc == 0 && ((n / sc) & (n / sc - 1)) == 0) g = n / sc;
         if (g) return set_block(1, *g);
         if (why)
           *why = "scale shape " + shape_text(s) + " has " + std::to_string(sc) + " groups per row of " +
@@ -265,7 +273,12 @@ std::optional<ScalePairing> infer_layout(const std::vector<uint64_t>& w, const s
       if (why)
         *why = "scale shape " + shape_text(s) + " is not the " + std::to_string(block.rows) + "x" +
                std::to_string(block.cols) + " block grid of weight " + shape_text(w) + " (which would be " +
-               shape_text({ceil_div(m, block.rows), ceil_div(n, block.cols)}) + "); pass --block RxC if the blocks differ";
+               shape_text([&] {
+                 std::vector<uint64_t> g(w.begin(), w.end() - 2);
+                 g.push_back(ceil_div(m, block.rows));
+                 g.push_back(ceil_div(n, block.cols));
+                 return g;
+               }()) + "); pass --block RxC if the blocks differ";
       return std::nullopt;
     }
   }
@@ -289,14 +302,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   if (opt.block) block = *opt.block;
   mt.block_rows = block.rows;
   mt.block_cols = block.cols;
-  if (!opt.convention.empty()) {
-    const auto names = convention_names();
-    if (std::find(names.begin(), names.end(), opt.convention) == names.end()) {
-      std::string list;
-      for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
-      usage_error("--convention must be one of " + list + ", not '" + opt.convention + "'");
-    }
-  }
+  if (!opt.convention.empty()) check_convention(opt.convention);
 
   std::unordered_map<std::string, size_t> by_name;
   for (size_t i = 0; i < tensors.size(); ++i) by_name.emplace(tensors[i].name, i);
@@ -485,10 +491,13 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
         break;
       }
     }
-    bool weight_converted = false;
-    for (const auto& p : mt.pairs) weight_converted |= p.weight == weight;
-    if (weight_converted)
-      problem(kOrphanScale, t.name, "not used: its weight " + weight + " was paired by another convention (--convention); passed through");
+    const ScalePairing* wp = nullptr;
+    for (const auto& p : mt.pairs)
+      if (p.weight == weight) wp = &p;
+    if (wp)
+      problem(kOrphanScale, t.name,
+              "not used (--convention): its weight " + weight +
+                  (wp->scale.empty() ? " was cast with scale 1" : " uses " + wp->scale) + "; passed through");
     else if (!weight.empty())
       problem(kNonFp8Weight, t.name,
               "its weight " + weight + " is " + std::string(dtype_name(tensors[by_name.at(weight)].dtype)) +
@@ -505,8 +514,9 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   std::map<std::string, size_t> seen;
   for (const auto& [i, name] : output_names(m, mt))
     if (!seen.emplace(name, i).second)
-      problem(kNameCollision, tensors[i].name,
-              "would be written as " + json::quote(name) + ", the name of " + json::quote(tensors[seen[name]].name));
+      problem(kNameCollision, name,
+              json::quote(tensors[seen[name]].name) + " and " + json::quote(tensors[i].name) +
+                  " would both be written as " + json::quote(name));
   return mt;
 }
 
@@ -583,7 +593,7 @@ void validate(const stream::Manifest& m, const Matching& mt) {
 }
 
 bool is_fatal(const MatchProblem& p, bool strict) {
-  return p.kind == kUnusableScale || p.kind == kAmbiguous || p.kind == kNameCollision ||
+  return p.kind == kUnusableScale || p.kind == kAmbiguous || p.kind == kNameCollision || p.kind == kBadMarker ||
          (strict && p.kind == kNoScale);
 }
 
@@ -664,7 +674,7 @@ Counts count(const Matching& mt) {
       ++c.by_convention[convention_description(p.convention)];
     }
   }
-  for (const auto& p : mt.problems) c.fatal += p.kind == kUnusableScale || p.kind == kAmbiguous;
+  for (const auto& p : mt.problems) c.fatal += p.kind == kUnusableScale || p.kind == kAmbiguous;  // one per weight
   return c;
 }
 
@@ -736,6 +746,7 @@ void print_report(std::ostream& out, const stream::Manifest& m, const Matching& 
   section(kUnusableScale, "Unusable scales (st-dequant refuses these)");
   section(kAmbiguous, "FP8 weights with several candidate scales (st-dequant refuses these)");
   section(kNameCollision, "Output name collisions (st-dequant refuses these)");
+  section(kBadMarker, "Invalid quantization markers (st-dequant refuses these)");
   const auto others = other_drops(mt);
   if (!others.empty()) {
     out << '\n' << "Activation scales and markers dropped after conversion: " << others.size() << '\n';
@@ -810,12 +821,21 @@ void print_json(std::ostream& out, const std::string& file, const stream::Manife
       w.Key("shape");
       shape(s.shape);
       const std::vector<float> v = values ? values(p.scale) : std::vector<float>{};
+      // JSON has no NaN or infinity: such a bound is null, and non_finite counts them.
+      size_t non_finite = 0;
+      float lo = INFINITY, hi = -INFINITY;
+      for (float x : v) {
+        if (!std::isfinite(x)) ++non_finite;
+        else lo = std::min(lo, x), hi = std::max(hi, x);
+      }
       w.Key("min");
-      if (v.empty()) w.Null();
-      else w.Double(static_cast<double>(*std::min_element(v.begin(), v.end())));
+      if (v.empty() || non_finite == v.size()) w.Null();
+      else w.Double(static_cast<double>(lo));
       w.Key("max");
-      if (v.empty()) w.Null();
-      else w.Double(static_cast<double>(*std::max_element(v.begin(), v.end())));
+      if (v.empty() || non_finite == v.size()) w.Null();
+      else w.Double(static_cast<double>(hi));
+      w.Key("non_finite");
+      w.Uint64(non_finite);
       w.Key("second");
       if (p.scale2.empty()) w.Null();
       else str(p.scale2);

@@ -42,10 +42,13 @@ inline constexpr const char* kU8WithScale = "u8-with-scale";        // U8/I8 wei
 inline constexpr const char* kUnusableScale = "unusable-scale";     // fatal: fits no layout / bad dtype
 inline constexpr const char* kAmbiguous = "ambiguous-scale";        // fatal: several candidates
 inline constexpr const char* kNameCollision = "name-collision";     // fatal: two outputs, one name
+inline constexpr const char* kBadMarker = "invalid-marker";         // fatal: a marker that is not JSON
 
 // The conventions' names (for --convention and the reports).
 std::vector<std::string> convention_names();
-// "<name>: <producers>" for a convention name.
+// Throws a usage error unless `name` is one of convention_names().
+void check_convention(const std::string& name);
+// "<name> (<producers>)" for a convention name.
 std::string convention_description(const std::string& name);
 
 // Parses "RxC" (e.g. 128x128); throws a usage error otherwise.

@@ -72,4 +72,9 @@ void print_table(std::ostream& out, const safetensors::Header& h) {
     row(t.name, std::string(dtype_name(t.dtype)), scales::shape_text(t.shape), std::to_string(t.nbytes()));
 }
 
+void print_file_table(std::ostream& out, const std::string& path) {
+  const io::InputFile file(path);
+  print_table(out, safetensors::read_header(file));
+}
+
 }  // namespace st::source

@@ -41,5 +41,7 @@ class SafetensorsSource {
 
 // "NAME DTYPE SHAPE BYTES" table, in file order.
 void print_table(std::ostream& out, const safetensors::Header& h);
+// The same for a file: only its header is read (no config.json, no data).
+void print_file_table(std::ostream& out, const std::string& path);
 
 }  // namespace st::source

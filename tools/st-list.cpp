@@ -20,8 +20,7 @@ int main(int argc, char** argv) {
     const std::string path = r["file"].as<std::string>();
     if (path == "-") st::usage_error("reading a safetensors file from stdin is not supported (it must be seekable); give its path");
     if (r.count("table")) {
-      const st::source::SafetensorsSource src(path);
-      st::source::print_table(std::cout, src.header());
+      st::source::print_file_table(std::cout, path);
       return 0;
     }
     st::cli::refuse_binary_to_tty(r.count("force") > 0);
