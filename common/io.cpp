@@ -128,4 +128,14 @@ void InputFile::pread_exact(uint64_t offset, void* buf, size_t n) const {
 
 bool is_tty(int fd) { return ::isatty(fd) == 1; }
 
+void grow_pipe(int fd) {
+#ifdef F_SETPIPE_SZ
+  struct stat sb;
+  if (::fstat(fd, &sb) == 0 && S_ISFIFO(sb.st_mode) && ::fcntl(fd, F_GETPIPE_SZ) < (1 << 20))
+    ::fcntl(fd, F_SETPIPE_SZ, 1 << 20);
+#else
+  (void)fd;
+#endif
+}
+
 }  // namespace st::io

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -147,6 +148,27 @@ void AtomicOutput::pread_all(uint64_t offset, void* p, size_t n) const {
     offset += static_cast<uint64_t>(r);
     n -= static_cast<size_t>(r);
   }
+}
+
+void AtomicOutput::start_writeback() {
+#ifdef SYNC_FILE_RANGE_WRITE
+  ::sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE);  // best effort
+#endif
+}
+
+const uint8_t* AtomicOutput::map_window(uint64_t offset, size_t n) const {
+  if (n == 0) return nullptr;
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t start = offset / page * page;
+  void* p = ::mmap(nullptr, n + (offset - start), PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
+  if (p == MAP_FAILED) return nullptr;
+  return static_cast<const uint8_t*>(p) + (offset - start);
+}
+
+void AtomicOutput::unmap_window(const uint8_t* p, uint64_t offset, size_t n) const {
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t lead = offset - offset / page * page;
+  ::munmap(const_cast<uint8_t*>(p - lead), n + lead);
 }
 
 void AtomicOutput::commit() {

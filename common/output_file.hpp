@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace st::io {
 
@@ -26,12 +27,31 @@ class AtomicOutput {
   void reserve(uint64_t bytes);
   void pwrite_all(uint64_t offset, const void* p, size_t n);
   void pread_all(uint64_t offset, void* p, size_t n) const;
+  // Starts writing dirty pages to disk in the background (Linux), so the
+  // fsync in commit() has little left to do; a no-op elsewhere.
+  void start_writeback();
+  // Calls f(pointer) with the n bytes at `offset` of the file, mapped
+  // read-only for the call (no copy, and no more memory than this window
+  // stays resident); reads them into `buf` instead where mapping fails.
+  template <typename F>
+  void with_bytes(uint64_t offset, size_t n, std::vector<uint8_t>& buf, F f) const {
+    if (const uint8_t* p = map_window(offset, n)) {
+      f(p);
+      unmap_window(p, offset, n);
+    } else {
+      buf.resize(n);
+      pread_all(offset, buf.data(), n);
+      f(buf.data());
+    }
+  }
   // fsync, then move into place (refusing to replace a file that appeared
   // meanwhile unless overwrite), then fsync the directory.
   void commit();
 
  private:
   void cleanup() noexcept;
+  const uint8_t* map_window(uint64_t offset, size_t n) const;
+  void unmap_window(const uint8_t* p, uint64_t offset, size_t n) const;
 
   std::string target_;
   std::string temp_;

@@ -84,6 +84,8 @@ Result run(stream::Reader& in, const Options& opt) {
     uint64_t pos, len, hash;
   };
   std::vector<Chunk> chunks;
+  constexpr uint64_t kWritebackBytes = 64u << 20;
+  uint64_t unwritten = 0;
   cli::Progress progress(cli::tool_name(), opt.progress, l.data_bytes);
   for (;;) {
     const Event ev = in.next();  // checks every frame and data checksum
@@ -93,6 +95,10 @@ Result run(stream::Reader& in, const Options& opt) {
       file.pwrite_all(pos, ev.data.data(), ev.data.size());
       if (opt.verify) chunks.push_back({pos, ev.data.size(), ev.hash});
       progress.add(ev.data.size());
+      if ((unwritten += ev.data.size()) >= kWritebackBytes) {
+        file.start_writeback();  // overlap the disk writes with the stream
+        unwritten = 0;
+      }
     }
   }
   progress.finish();
@@ -105,10 +111,11 @@ Result run(stream::Reader& in, const Options& opt) {
       fail(opt.output + ": verification failed: the header read back differs from the one written");
     cli::Progress checking(cli::tool_name() + " (verifying)", opt.progress, l.data_bytes);
     for (const Chunk& c : chunks) {
-      file.pread_all(c.pos, buf.data(), c.len);
-      if (XXH3_64bits(buf.data(), c.len) != c.hash)
-        fail(opt.output + ": verification failed: bytes read back at offset " + std::to_string(c.pos) +
-             " differ from the stream");
+      file.with_bytes(c.pos, c.len, buf, [&](const uint8_t* p) {
+        if (XXH3_64bits(p, c.len) != c.hash)
+          fail(opt.output + ": verification failed: bytes read back at offset " + std::to_string(c.pos) +
+               " differ from the stream");
+      });
       checking.add(c.len);
     }
     checking.finish();

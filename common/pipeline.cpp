@@ -30,9 +30,7 @@ struct Pipe {
     if (::pipe(fds) != 0) fail("cannot create a pipe");
     r = fds[0];
     w = fds[1];
-#ifdef F_SETPIPE_SZ
-    ::fcntl(w, F_SETPIPE_SZ, 1 << 20);  // best effort: fewer context switches
-#endif
+    io::grow_pipe(w);
   }
 };
 
