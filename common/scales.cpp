@@ -308,6 +308,9 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   for (size_t i = 0; i < tensors.size(); ++i) by_name.emplace(tensors[i].name, i);
   auto has = [&](const std::string& n) { return by_name.count(n) > 0; };
   const auto comfy = comfy_layer_formats(m, markers, mt.problems);
+  bool comfy_mxfp8 = false;  // __metadata__.quant_format == "mxfp8" (ComfyUI, as sglang reads it)
+  if (m.metadata)
+    for (const auto& [k, v] : *m.metadata) comfy_mxfp8 |= k == "quant_format" && v == "mxfp8";
   std::unordered_set<std::string> used, dropped;
   std::set<std::string> converted_layers;
   auto drop = [&](const std::string& n) {
@@ -397,12 +400,18 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       std::string why;
       std::optional<ScalePairing> got = infer_layout(w.shape, s.shape, block, &why, sizes.group);
       Dtype scale_format = s.dtype;
-      if (s.dtype == Dtype::U8 && got && got->layout == ScaleLayout::Block && got->block_rows == 1) {
-        scale_format = Dtype::F8_E8M0;  // MX: U8 exponents, one per group along a row
+      if (s.dtype == Dtype::U8 && comfy_mxfp8) {
+        // ComfyUI stores MXFP8 scales swizzled for cuBLAS: not row-major, not converted.
+        problem(kUnconverted, w.name, "ComfyUI mxfp8 (quant_format metadata, swizzled scales) is not converted");
+        continue;
+      }
+      if (s.dtype == Dtype::U8 && got && got->layout == ScaleLayout::Block && got->block_rows == 1 &&
+          got->block_cols == 32) {
+        scale_format = Dtype::F8_E8M0;  // MX (compressed-tensors): U8 exponents of 1x32 groups, row-major
       } else if (!fp8::is_scale_dtype(s.dtype)) {
         got.reset();
         why = "scale " + s.name + " has dtype " + std::string(dtype_name(s.dtype)) +
-              " (scales must be F32, BF16, F16, F8_E8M0, or U8 exponents of groups along a row)";
+              " (scales must be F32, BF16, F16, F8_E8M0, or U8 exponents of 1x32 groups)";
       }
       if (got && !c.second.empty()) {
         const TensorInfo& s2 = tensors[by_name.at(c.second)];
