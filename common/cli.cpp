@@ -9,6 +9,7 @@
 
 #include "error.hpp"
 #include "io.hpp"
+#include "output_file.hpp"
 #include "stream_format.hpp"
 
 namespace st::cli {
@@ -101,6 +102,44 @@ bool handle_help_version(cxxopts::Options& o, const cxxopts::ParseResult& r, con
 void add_progress_options(cxxopts::Options& o) {
   o.add_options()("progress", "show progress on stderr even when it is not a terminal")(
       "no-progress", "never show progress");
+}
+
+void add_output_options(cxxopts::Options& o) {
+  o.add_options()("f,force", "replace an existing output file; allow - (stdout) on a terminal")(
+      "no-verify", "do not read the file back to check it against the stream's checksums");
+  add_progress_options(o);
+}
+
+pack::Options output_options(const cxxopts::ParseResult& r, const std::string& output) {
+  pack::Options opt;
+  opt.output = output;
+  opt.overwrite = r.count("force") > 0;
+  opt.verify = r.count("no-verify") == 0;
+  opt.progress = progress_enabled(r);
+  if (output == "-") refuse_binary_to_tty(opt.overwrite);
+  else io::check_output_path(output, opt.overwrite);  // before reading any input
+  return opt;
+}
+
+void add_target_option(cxxopts::Options& o) {
+  o.add_options()("to", "output type: bf16, f16 or f32", cxxopts::value<std::string>()->default_value("bf16"), "TYPE");
+}
+
+fp8::Target target_option(const cxxopts::ParseResult& r) {
+  const std::string name = r["to"].as<std::string>();
+  const auto target = fp8::target_from_name(name);
+  if (!target) usage_error("--to must be bf16, f16 or f32, not '" + name + "'");
+  return *target;
+}
+
+void run_stream_filter(bool force, const std::function<void(stream::Reader&, stream::Writer&)>& stage) {
+  refuse_tty_stdin();
+  refuse_binary_to_tty(force);
+  io::FdSource in(STDIN_FILENO, "stdin");
+  io::FdSink out(STDOUT_FILENO, "stdout");
+  stream::Writer writer(out);
+  stream::Reader reader(in, "stdin");
+  stage(reader, writer);
 }
 
 void add_match_options(cxxopts::Options& o) {

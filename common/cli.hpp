@@ -6,7 +6,10 @@
 #include <functional>
 #include <string>
 
+#include "fp8.hpp"
+#include "pack.hpp"
 #include "scales.hpp"
+#include "stream.hpp"
 
 namespace st::cli {
 
@@ -29,6 +32,23 @@ bool handle_help_version(cxxopts::Options& o, const cxxopts::ParseResult& r, con
 // (stderr is a terminal) and --quiet.
 void add_progress_options(cxxopts::Options& o);
 bool progress_enabled(const cxxopts::ParseResult& r);
+
+// The output options of st-pack and st-convert: -f, --no-verify,
+// --progress/--no-progress.
+void add_output_options(cxxopts::Options& o);
+// Resolves them for `output` ("-" is stdout: refused on a terminal unless
+// -f); checks early that a file may be written.
+pack::Options output_options(const cxxopts::ParseResult& r, const std::string& output);
+
+// --to bf16|f16|f32 (st-dequant, st-convert).
+void add_target_option(cxxopts::Options& o);
+fp8::Target target_option(const cxxopts::ParseResult& r);
+
+// A stage that reads a stream on stdin and writes one on stdout: refuses a
+// terminal on either side (unless force, for stdout), then creates the
+// writer before the reader, so any failure, even a bad input stream, ends
+// the output with ABORT.
+void run_stream_filter(bool force, const std::function<void(stream::Reader&, stream::Writer&)>& stage);
 
 // The matching options shared by st-scales, st-dequant and st-convert:
 // --block, --convention, --u8-as, --strict, --keep-scales.

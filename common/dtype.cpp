@@ -32,6 +32,15 @@ bool is_fp8_weight_dtype(Dtype d) {
          d == Dtype::F8_E5M2FNUZ;
 }
 
+std::string shape_text(const std::vector<uint64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ",";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
 SizeError tensor_size(Dtype d, const uint64_t* shape, size_t rank, ByteSize& out) {
   uint64_t n = 1;
   for (size_t i = 0; i < rank; ++i)

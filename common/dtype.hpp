@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <vector>
 
 namespace st {
 
@@ -31,5 +33,8 @@ struct ByteSize {
 };
 enum class SizeError { None, Overflow, Misaligned };
 SizeError tensor_size(Dtype d, const uint64_t* shape, size_t rank, ByteSize& out);
+
+// "[2,3]" for messages and reports.
+std::string shape_text(const std::vector<uint64_t>& shape);
 
 }  // namespace st

@@ -166,15 +166,6 @@ std::string convention_description(const std::string& name) {
   return name;
 }
 
-std::string shape_text(const std::vector<uint64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ",";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-
 std::string layout_text(const ScalePairing& p) {
   if (p.scale.empty()) return "none (scale 1)";
   std::string s(stream::layout_name(p.layout));

@@ -107,7 +107,7 @@ void print_report(std::ostream& out, const stream::Manifest& m, const stream::Ma
 void print_json(std::ostream& out, const std::string& file, const stream::Manifest& m, const stream::Matching& mt,
                 const ScaleValues& scale_values, bool attention);
 
-std::string shape_text(const std::vector<uint64_t>& shape);
+using st::shape_text;
 std::string layout_text(const stream::ScalePairing& p);
 
 }  // namespace st::scales

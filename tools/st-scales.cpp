@@ -1,6 +1,5 @@
 // st-scales: report which FP8 weights have which scales (FILE), or pair them
 // inside a pipeline (stream on stdin -> stream with the pairing on stdout).
-#include <unistd.h>
 
 #include <iostream>
 
@@ -23,13 +22,9 @@ int main(int argc, char** argv) {
     const std::string file = r.count("file") ? r["file"].as<std::string>() : "-";
     const auto format = r.count("json") ? st::scales::ReportFormat::Json : st::scales::ReportFormat::Text;
     if (file != "-") return st::scales::report_file(file, opt, format, std::cout) ? 1 : 0;
-    st::cli::refuse_tty_stdin();
-    st::cli::refuse_binary_to_tty(r.count("force") > 0);
-    st::io::FdSource in(STDIN_FILENO, "stdin");
-    st::io::FdSink out(STDOUT_FILENO, "stdout");
-    st::stream::Writer writer(out);  // created first: any failure ends our output with ABORT
-    st::stream::Reader reader(in, "stdin");
-    st::scales::match_stage(reader, writer, opt, r.count("report") ? &std::cerr : nullptr);
+    st::cli::run_stream_filter(r.count("force") > 0, [&](st::stream::Reader& in, st::stream::Writer& out) {
+      st::scales::match_stage(in, out, opt, r.count("report") ? &std::cerr : nullptr);
+    });
     return 0;
   });
 }
