@@ -31,6 +31,9 @@ void warn(const std::string& message) {
 int run(const char* tool, const std::function<int()>& body) {
   g_tool = tool;
   ::signal(SIGPIPE, SIG_DFL);
+  // A file size limit (ulimit -f) makes write() fail with EFBIG instead of
+  // killing us, so the error is reported and the temporary file removed.
+  ::signal(SIGXFSZ, SIG_IGN);
   int code;
   try {
     code = body();

@@ -23,6 +23,7 @@ char g_temp[PATH_MAX + 1];
 volatile sig_atomic_t g_have_temp = 0;
 constexpr int kSignals[] = {SIGINT, SIGTERM, SIGHUP};
 struct sigaction g_old[3];
+bool g_installed[3];
 
 extern "C" void on_signal(int sig) {
   if (g_have_temp) ::unlink(g_temp);
@@ -35,11 +36,17 @@ void install_handlers() {
   struct sigaction sa{};
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
-  for (int i = 0; i < 3; ++i) ::sigaction(kSignals[i], &sa, &g_old[i]);
+  for (int i = 0; i < 3; ++i) {
+    ::sigaction(kSignals[i], nullptr, &g_old[i]);
+    // A signal ignored when we started (nohup, a background job) stays ignored.
+    g_installed[i] = g_old[i].sa_handler != SIG_IGN;
+    if (g_installed[i]) ::sigaction(kSignals[i], &sa, nullptr);
+  }
 }
 
 void restore_handlers() {
-  for (int i = 0; i < 3; ++i) ::sigaction(kSignals[i], &g_old[i], nullptr);
+  for (int i = 0; i < 3; ++i)
+    if (g_installed[i]) ::sigaction(kSignals[i], &g_old[i], nullptr);
 }
 
 std::string dir_of(const std::string& path) {

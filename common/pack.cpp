@@ -1,5 +1,6 @@
 #include "pack.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -69,9 +70,29 @@ Result to_stdout(stream::Reader& in, const Options& opt) {
 
 }  // namespace
 
+namespace {
+
+// Replacing a file that the stream is being read from would destroy the
+// input of a conversion that may still fail; the manifest names the sources.
+void refuse_source_as_output(const stream::Manifest& m, const std::string& output) {
+  struct stat out;
+  if (::stat(output.c_str(), &out) != 0) return;
+  std::string last;
+  for (const auto& t : m.tensors) {
+    if (t.source.empty() || t.source == last) continue;
+    last = t.source;
+    struct stat src;
+    if (::stat(t.source.c_str(), &src) == 0 && src.st_dev == out.st_dev && src.st_ino == out.st_ino)
+      fail(output + ": is the input file " + t.source + "; write to another file");
+  }
+}
+
+}  // namespace
+
 Result run(stream::Reader& in, const Options& opt) {
   if (opt.output == "-") return to_stdout(in, opt);
   const stream::Manifest& m = in.manifest();
+  refuse_source_as_output(m, opt.output);
   const Layout l = plan(m, true);
   const uint64_t data_start = l.header.size();
   const uint64_t total = data_start + l.data_bytes;

@@ -418,13 +418,15 @@ def run_case(case_path, tools):
             check(open(os.path.join(work, a), 'rb').read() == open(os.path.join(work, b), 'rb').read(),
                   '%s and %s differ' % (a, b))
         elif word == 'each-flip' or word == 'each-cut':
-            # each-flip FILE N CMD: flip one byte (xor 0xff) at N spread positions of FILE,
+            # each-flip FILE N CMD: flip one byte (xor 0xff) at N random positions of FILE,
             # feed it to CMD on stdin; every run must exit 1 with a one-line error and
-            # leave no out.safetensors. each-cut: truncate at N spread lengths instead.
+            # leave no out.safetensors. each-cut: truncate at N random lengths instead.
             w = split(rest)
             src, count, cmd = w[0], int(w[1]), rest.split(None, 2)[2]
             data = open(os.path.join(work, src), 'rb').read()
-            positions = sorted(set([0, len(data) - 1] + [len(data) * k // count for k in range(count)]))
+            # the first and last byte, then pseudo-random positions (seeded: the same every run)
+            rng = random.Random(len(data) * 31 + count)
+            positions = sorted(set([0, len(data) - 1] + [rng.randrange(len(data)) for _ in range(count)]))
             for pos in positions:
                 bad = bytearray(data)
                 if word == 'each-flip':
