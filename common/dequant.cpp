@@ -15,12 +15,13 @@ using stream::ScalePairing;
 using stream::TensorInfo;
 
 void convert_chunk(const TensorInfo& w, const ScalePairing& pair, const std::vector<float>& scale,
-                   fp8::Target target, uint64_t first, const uint8_t* in, size_t n, uint8_t* out) {
+                   fp8::Target target, uint64_t first, const uint8_t* in, size_t n, uint8_t* out,
+                   fp8::Loss& loss) {
   const Dtype format = is_fp8_weight_dtype(w.dtype) ? w.dtype : pair.format;
   const auto& lut = fp8::decode_table(format);
   const size_t ob = fp8::target_bytes(target);
   if (pair.scale.empty() || pair.layout == ScaleLayout::PerTensor) {
-    fp8::convert_run(lut, in, n, pair.scale.empty() ? 1.0f : scale.at(0), target, out);
+    fp8::convert_run(lut, in, n, pair.scale.empty() ? 1.0f : scale.at(0), target, out, loss);
     return;
   }
   // Rank >= 2 from here: N columns per row, scale constant over runs.
@@ -43,7 +44,7 @@ void convert_chunk(const TensorInfo& w, const ScalePairing& pair, const std::vec
       run_end = std::min(cols, (col / bn + 1) * bn);
     }
     const size_t len = static_cast<size_t>(std::min<uint64_t>(run_end - col, n - done));
-    fp8::convert_run(lut, in + done, len, scale.at(s), target, out + done * ob);
+    fp8::convert_run(lut, in + done, len, scale.at(s), target, out + done * ob, loss);
     done += len;
   }
 }
@@ -57,6 +58,18 @@ std::string name_list(const std::vector<std::string>& names) {
   const size_t shown = std::min<size_t>(names.size(), 5);
   for (size_t i = 0; i < shown; ++i) s += (i ? ", " : "") + names[i];
   if (names.size() > shown) s += ", ... (" + std::to_string(names.size() - shown) + " more)";
+  return s;
+}
+
+// "3 overflowed to infinity, 1 NaN": only what happened.
+std::string loss_text(const fp8::Loss& l) {
+  std::string s;
+  auto part = [&](uint64_t n, const char* what) {
+    if (n) s += (s.empty() ? "" : ", ") + std::to_string(n) + what;
+  };
+  part(l.overflow, " value(s) overflowed to infinity");
+  part(l.underflow, " non-zero value(s) underflowed to zero");
+  part(l.nan, " NaN value(s)");
   return s;
 }
 
@@ -135,6 +148,7 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   out.begin(om);
 
   std::vector<std::vector<uint8_t>> held(n);   // raw bytes of scales being received
+  fp8::Loss tensor_loss;                        // of the weight being converted
   std::vector<std::vector<float>> decoded(n);  // their values once complete
   std::vector<uint8_t> buf;
   const size_t ob = fp8::target_bytes(opt.target);
@@ -150,7 +164,10 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
           static const std::vector<float> kNoScale;
           const auto& scale = scale_of[i] >= 0 ? decoded[static_cast<size_t>(scale_of[i])] : kNoScale;
           convert_chunk(m.tensors[i], mt.pairs[static_cast<size_t>(pair_of[i])], scale, opt.target, ev.offset,
-                        ev.data.data(), ev.data.size(), buf.data());
+                        ev.data.data(), ev.data.size(), buf.data(), tensor_loss);
+          if (opt.match.strict && tensor_loss.overflow)
+            fail("tensor " + json::quote(m.tensors[i].name) + ": values overflow to infinity in " +
+                 std::string(fp8::target_suffix(opt.target)) + " (--strict)");
           out.data(static_cast<uint32_t>(out_index[i]), buf);
           break;
         }
@@ -165,6 +182,12 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
       decoded[i] = fp8::decode_scales(format, held[i]);
       std::vector<uint8_t>().swap(held[i]);
       return;
+    }
+    if (action[i] == Action::Convert && tensor_loss.any()) {
+      if (warn) warn(m.tensors[i].name + ": " + loss_text(tensor_loss) + " in " + std::string(fp8::target_suffix(opt.target)));
+      sum.loss += tensor_loss;
+      ++sum.lossy_tensors;
+      tensor_loss = fp8::Loss{};
     }
     if (out_index[i] >= 0) out.end_tensor(static_cast<uint32_t>(out_index[i]));
   };
@@ -198,6 +221,8 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   }
   out.finish();
 
+  if (sum.lossy_tensors > 1 && warn)
+    warn("in all, " + loss_text(sum.loss) + " in " + std::to_string(sum.lossy_tensors) + " tensors");
   if (!sum.unscaled.empty() && warn)
     warn(std::to_string(sum.unscaled.size()) + " FP8 tensor(s) had no scale and were cast with scale 1: " +
          name_list(sum.unscaled));

@@ -17,11 +17,14 @@ struct Options {
   fp8::Target target = fp8::Target::BF16;
   // Matching options. Any of them set (block, convention, u8_as,
   // keep_scales) re-matches even when the stream carries a pairing.
+  // match.strict also makes any overflow to infinity an error.
   scales::Options match;
 };
 
 struct Summary {
   size_t converted = 0;               // FP8 tensors converted with a scale
+  fp8::Loss loss;                     // over all tensors
+  size_t lossy_tensors = 0;
   std::vector<std::string> unscaled;  // FP8 tensors cast with scale 1
   size_t dropped = 0;
   size_t passed = 0;
@@ -40,6 +43,6 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
 // weight is a U8/I8 container.
 void convert_chunk(const stream::TensorInfo& weight, const stream::ScalePairing& pair,
                    const std::vector<float>& scale, fp8::Target target, uint64_t first,
-                   const uint8_t* in, size_t n, uint8_t* out);
+                   const uint8_t* in, size_t n, uint8_t* out, fp8::Loss& loss);
 
 }  // namespace st::dequant

@@ -200,34 +200,83 @@ std::vector<float> decode_scales(Dtype d, std::span<const uint8_t> b) {
   return out;
 }
 
+namespace {
+
+// The result bits of one code under one scale, and what it lost.
+enum LossKind : uint8_t { kExact = 0, kOverflow = 1, kUnderflow = 2, kNanIn = 3 };
+
+template <typename Bits>
+LossKind classify(float in, Bits out_bits, Target t) {
+  const uint32_t b = static_cast<uint32_t>(out_bits);
+  bool inf, zero, nan;
+  if (t == Target::F32) {
+    inf = (b & 0x7FFFFFFFu) == 0x7F800000u;
+    nan = (b & 0x7FFFFFFFu) > 0x7F800000u;
+    zero = (b & 0x7FFFFFFFu) == 0;
+  } else if (t == Target::BF16) {
+    inf = (b & 0x7FFFu) == 0x7F80u;
+    nan = (b & 0x7FFFu) > 0x7F80u;
+    zero = (b & 0x7FFFu) == 0;
+  } else {
+    inf = (b & 0x7FFFu) == 0x7C00u;
+    nan = (b & 0x7FFFu) > 0x7C00u;
+    zero = (b & 0x7FFFu) == 0;
+  }
+  if (nan || std::isnan(in)) return kNanIn;  // a NaN input, or a NaN/inf scale
+  if (inf && !std::isinf(in)) return kOverflow;
+  if (zero && in != 0.0f) return kUnderflow;
+  return kExact;
+}
+
+uint32_t result_bits(float v, Target t) {
+  switch (t) {
+    case Target::BF16: return f32_to_bf16(v);
+    case Target::F16: return f32_to_f16(v);
+    case Target::F32: return std::bit_cast<uint32_t>(canonical_f32(v));
+  }
+  return 0;
+}
+
+void add_loss(Loss& loss, LossKind k, uint64_t n) {
+  if (k == kOverflow) loss.overflow += n;
+  else if (k == kUnderflow) loss.underflow += n;
+  else if (k == kNanIn) loss.nan += n;
+}
+
+}  // namespace
+
 void convert_run(const std::array<float, 256>& lut, const uint8_t* in, size_t n, float scale,
-                 Target t, uint8_t* out) {
+                 Target t, uint8_t* out, Loss& loss) {
   // For long runs one product per code (256) is cheaper than one per element:
-  // the same function of the same inputs, so the bits are identical.
+  // the same function of the same inputs, so the bits are identical. Loss is
+  // counted per code only when some code of this scale loses something.
   if (n >= 1024) {
+    std::array<uint32_t, 256> table;
+    std::array<uint8_t, 256> kind;
+    bool lossy = false;
+    for (size_t c = 0; c < 256; ++c) {
+      table[c] = result_bits(lut[c] * scale, t);
+      kind[c] = classify(lut[c], table[c], t);
+      lossy |= kind[c] != kExact;
+    }
     if (t == Target::F32) {
-      std::array<uint32_t, 256> table;
-      for (size_t c = 0; c < 256; ++c) table[c] = std::bit_cast<uint32_t>(canonical_f32(lut[c] * scale));
       for (size_t i = 0; i < n; ++i) store_le(out + 4 * i, table[in[i]]);
     } else {
-      std::array<uint16_t, 256> table;
-      for (size_t c = 0; c < 256; ++c)
-        table[c] = t == Target::BF16 ? f32_to_bf16(lut[c] * scale) : f32_to_f16(lut[c] * scale);
-      for (size_t i = 0; i < n; ++i) store_le(out + 2 * i, table[in[i]]);
+      for (size_t i = 0; i < n; ++i) store_le(out + 2 * i, static_cast<uint16_t>(table[in[i]]));
+    }
+    if (lossy) {
+      uint64_t count[4] = {};
+      for (size_t i = 0; i < n; ++i) ++count[kind[in[i]]];
+      for (int k = 1; k < 4; ++k) add_loss(loss, static_cast<LossKind>(k), count[k]);
     }
     return;
   }
-  switch (t) {
-    case Target::BF16:
-      for (size_t i = 0; i < n; ++i) store_le(out + 2 * i, f32_to_bf16(lut[in[i]] * scale));
-      break;
-    case Target::F16:
-      for (size_t i = 0; i < n; ++i) store_le(out + 2 * i, f32_to_f16(lut[in[i]] * scale));
-      break;
-    case Target::F32:
-      for (size_t i = 0; i < n; ++i)
-        store_le(out + 4 * i, std::bit_cast<uint32_t>(canonical_f32(lut[in[i]] * scale)));
-      break;
+  for (size_t i = 0; i < n; ++i) {
+    const float v = lut[in[i]];
+    const uint32_t bits = result_bits(v * scale, t);
+    if (t == Target::F32) store_le(out + 4 * i, bits);
+    else store_le(out + 2 * i, static_cast<uint16_t>(bits));
+    add_loss(loss, classify(v, bits, t), 1);
   }
 }
 

@@ -43,9 +43,25 @@ float canonical_f32(float f);  // NaN -> 0x7FC00000, anything else unchanged
 bool is_scale_dtype(Dtype d);
 std::vector<float> decode_scales(Dtype d, std::span<const uint8_t> bytes);
 
+// What a conversion lost: finite inputs that became +-inf (overflow),
+// non-zero inputs that became +-0 (underflow), and NaN values (NaN inputs,
+// or NaN results of a NaN or infinite scale).
+struct Loss {
+  uint64_t overflow = 0;
+  uint64_t underflow = 0;
+  uint64_t nan = 0;
+  bool any() const { return overflow || underflow || nan; }
+  Loss& operator+=(const Loss& o) {
+    overflow += o.overflow;
+    underflow += o.underflow;
+    nan += o.nan;
+    return *this;
+  }
+};
+
 // Dequantise n codes with one scale; writes n * target_bytes(t) bytes
-// (little-endian) to out.
+// (little-endian) to out and adds what was lost to `loss`.
 void convert_run(const std::array<float, 256>& lut, const uint8_t* in, size_t n, float scale,
-                 Target t, uint8_t* out);
+                 Target t, uint8_t* out, Loss& loss);
 
 }  // namespace st::fp8

@@ -77,7 +77,7 @@ void FdSink::write(const struct iovec* iov_in, int count) {
 
 size_t MemorySource::read_some(void* buf, size_t n) {
   const size_t k = std::min({n, bytes_.size() - pos_, max_read_});
-  std::memcpy(buf, bytes_.data() + pos_, k);
+  if (k) std::memcpy(buf, bytes_.data() + pos_, k);  // data() may be null when empty
   pos_ += k;
   return k;
 }

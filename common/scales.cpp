@@ -143,6 +143,24 @@ std::vector<std::string> torchao_tensor_names(const stream::Manifest& m) {
   return names;
 }
 
+bool is_scaled_fp8_marker(const std::string& n) { return n == "scaled_fp8" || ends_with(n, ".scaled_fp8"); }
+
+// Tensors that match() never takes as weights, whatever their dtype: markers,
+// and the scale of another tensor (NVFP4 block scales are F8_E4M3 tensors
+// named weight_scale). validate() uses the same test. `has(name)` tells
+// whether the manifest has a tensor of that name.
+template <class Has>
+bool never_a_weight(const TensorInfo& t, const Has& has) {
+  if (is_marker_tensor(t) || is_scaled_fp8_marker(t.name) || is_weight_scale_name(t.name)) return true;
+  for (const auto& row : kConventions)
+    for (const char* suffix : {row.scale_suffix, row.second_suffix}) {
+      if (!suffix || !ends_with(t.name, suffix)) continue;
+      const std::string p = t.name.substr(0, t.name.size() - std::string_view(suffix).size());
+      if (has(p + row.weight_suffix) && p + row.weight_suffix != t.name) return true;
+    }
+  return false;
+}
+
 }  // namespace
 
 std::vector<std::string> convention_names() {
@@ -330,21 +348,8 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     return out;
   };
 
-  auto is_scaled_fp8_marker = [](const std::string& n) { return n == "scaled_fp8" || ends_with(n, ".scaled_fp8"); };
-  // A tensor that is the scale of another (NVFP4 block scales are F8_E4M3
-  // tensors named weight_scale) is never a weight itself.
-  auto is_scale_of_another = [&](const std::string& n) {
-    if (is_weight_scale_name(n)) return true;
-    for (const auto& row : kConventions)
-      for (const char* suffix : {row.scale_suffix, row.second_suffix}) {
-        if (!suffix || !ends_with(n, suffix)) continue;
-        const std::string p = n.substr(0, n.size() - std::string_view(suffix).size());
-        if (has(p + row.weight_suffix) && p + row.weight_suffix != n) return true;
-      }
-    return false;
-  };
   for (const auto& w : tensors) {
-    if (is_marker_tensor(w) || is_scaled_fp8_marker(w.name) || is_scale_of_another(w.name)) continue;
+    if (never_a_weight(w, has)) continue;
     const std::string layer = layer_of(w.name);
     // What the weight's bytes are: its FP8 dtype, or for a U8/I8 container
     // the FP8 type a marker (or --u8-as) names. Never a guess.
@@ -567,7 +572,9 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     bool ok = false;
     switch (p.layout) {
       case ScaleLayout::PerTensor: ok = numel(s.shape) == 1; break;
-      case ScaleLayout::PerRow: ok = w.shape.size() >= 2 && numel(s.shape) == numel(w.shape) / w.shape.back(); break;
+      case ScaleLayout::PerRow:  // one scale per row: the product of all but the last dimension (which may be 0)
+        ok = w.shape.size() >= 2 && numel(s.shape) == numel(std::vector<uint64_t>(w.shape.begin(), w.shape.end() - 1));
+        break;
       case ScaleLayout::Block:
         if (w.shape.size() >= 2 && p.block_rows > 0 && p.block_cols > 0) {
           const uint64_t mm = w.shape[w.shape.size() - 2], nn = w.shape.back();
@@ -584,8 +591,12 @@ void validate(const stream::Manifest& m, const Matching& mt) {
   std::unordered_set<std::string> left;
   for (const auto& p : mt.problems)
     if (p.kind == kUnconverted) left.insert(p.tensor);
+  std::unordered_set<std::string> names;
+  for (const auto& t : m.tensors) names.insert(t.name);
+  auto has = [&](const std::string& n) { return names.count(n) > 0; };
   for (const auto& t : m.tensors)
-    if (is_fp8_weight_dtype(t.dtype) && !weights.count(t.name) && !left.count(t.name) && !dropped.count(t.name))
+    if (is_fp8_weight_dtype(t.dtype) && !weights.count(t.name) && !left.count(t.name) && !dropped.count(t.name) &&
+        !never_a_weight(t, has))
       fail("stream matching has no entry for FP8 tensor " + json::quote(t.name));
   std::unordered_set<std::string> seen;
   for (const auto& [i, name] : output_names(m, mt))
@@ -604,6 +615,32 @@ bool needs_attention(const Matching& mt, bool strict) {
     if (p.kind != kNoScale || strict || any_scale) return true;
   }
   return false;
+}
+
+std::map<std::string, std::string> owners(const std::vector<TensorInfo>& tensors) {
+  std::unordered_set<std::string> names;
+  for (const auto& t : tensors) names.insert(t.name);
+  std::map<std::string, std::string> owner;
+  for (const auto& t : tensors) {
+    const std::string& n = t.name;
+    for (const auto& row : kConventions)
+      for (const char* suffix : {row.scale_suffix, row.second_suffix}) {
+        if (!suffix || !ends_with(n, suffix) || owner.count(n)) continue;
+        const std::string w = n.substr(0, n.size() - std::string_view(suffix).size()) + row.weight_suffix;
+        if (w != n && names.count(w)) owner[n] = w;
+      }
+    if (owner.count(n)) continue;
+    std::vector<std::string_view> layer_parts(std::begin(kActivationScales), std::end(kActivationScales));
+    layer_parts.push_back("comfy_quant");
+    for (auto a : layer_parts) {
+      const std::string suffix = "." + std::string(a);
+      if (!ends_with(n, suffix)) continue;
+      const std::string w = n.substr(0, n.size() - suffix.size()) + ".weight";
+      if (names.count(w)) owner[n] = w;
+      break;
+    }
+  }
+  return owner;
 }
 
 std::vector<size_t> scales_first_order(const std::vector<TensorInfo>& tensors) {

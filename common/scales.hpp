@@ -90,6 +90,11 @@ bool is_weight_scale_name(const std::string& name);
 // weight_scale, weight_scale_inv, scale_weight or input_scale.
 size_t count_scale_keys(const std::vector<stream::TensorInfo>& tensors);
 
+// For tensors that belong to another (candidate scales and second factors,
+// the activation scales and comfy_quant marker of a layer): the tensor they
+// belong to. st-list --include/--exclude makes them follow its selection.
+std::map<std::string, std::string> owners(const std::vector<stream::TensorInfo>& tensors);
+
 // Order in which st-list emits tensors: marker tensors, then every candidate
 // scale of a weight (small, and st-dequant needs them before their weights),
 // then the rest, each group in the given order.

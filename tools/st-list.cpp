@@ -1,17 +1,26 @@
-// st-list: a .safetensors file -> st-stream on stdout (or a table with --table).
+// st-list: a .safetensors file -> st-stream on stdout (or a table / JSON).
 #include <unistd.h>
 
 #include <iostream>
 
 #include "cli.hpp"
 #include "error.hpp"
+#include "sha256.hpp"
 #include "source.hpp"
 
 int main(int argc, char** argv) {
   return st::cli::run("st-list", [&] {
     auto o = st::cli::make_options("st-list", "Read a .safetensors file and write it as an st-stream on stdout.");
+    using Globs = std::vector<std::string>;
     o.add_options()("t,table", "print a table (name, dtype, shape, bytes) instead of the stream")(
-        "f,force", "write the binary stream even to a terminal")("file", "input file", cxxopts::value<std::string>());
+        "json", "print the header as one JSON document instead of the stream (schema in st-list(1))")(
+        "include", "only tensors whose full name matches this shell pattern (repeatable)", cxxopts::value<Globs>(),
+        "GLOB")("exclude", "leave out tensors whose name matches (repeatable; after --include)",
+                cxxopts::value<Globs>(), "GLOB")(
+        "sha256", "print the file's SHA-256 on stderr, computed while streaming")(
+        "expect-sha256", "fail (and end the stream so nothing downstream accepts it) unless the file's SHA-256 is HEX",
+        cxxopts::value<std::string>(), "HEX")("f,force", "write the binary stream even to a terminal")(
+        "file", "input file", cxxopts::value<std::string>());
     o.parse_positional({"file"});
     o.positional_help("FILE");
     const auto r = st::cli::parse(o, argc, argv);
@@ -19,15 +28,25 @@ int main(int argc, char** argv) {
     if (!r.count("file")) st::usage_error("no input file given");
     const std::string path = r["file"].as<std::string>();
     if (path == "-") st::usage_error("reading a safetensors file from stdin is not supported (it must be seekable); give its path");
+    st::source::ListOptions opt;
+    if (r.count("include")) opt.include = r["include"].as<Globs>();
+    if (r.count("exclude")) opt.exclude = r["exclude"].as<Globs>();
+    opt.sha256 = r.count("sha256") > 0;
+    if (r.count("expect-sha256")) opt.expect_sha256 = st::sha256::parse_hex_digest(r["expect-sha256"].as<std::string>());
     if (r.count("table")) {
-      st::source::print_file_table(std::cout, path);
+      st::source::print_file_table(std::cout, path, opt);
+      return 0;
+    }
+    if (r.count("json")) {
+      st::source::print_file_json(std::cout, path, opt);
       return 0;
     }
     st::cli::refuse_binary_to_tty(r.count("force") > 0);
     st::io::FdSink out(STDOUT_FILENO, "stdout");
     st::stream::Writer writer(out);  // on failure it tells the next stage to stop quietly
-    const st::source::SafetensorsSource src(path);  // whole header validated before any output
-    src.write_stream(writer);
+    const st::source::SafetensorsSource src(path, opt);  // whole header validated before any output
+    const std::string digest = src.write_stream(writer);
+    if (opt.sha256) std::cerr << digest << "  " << path << '\n';  // as sha256sum prints it
     return 0;
   });
 }

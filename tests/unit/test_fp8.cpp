@@ -18,6 +18,9 @@ namespace fp8 = st::fp8;
 
 namespace {
 
+// Loss counts are checked by their own test; elsewhere they are not the point.
+st::fp8::Loss loss_sink;
+
 const Dtype kFp8Types[] = {Dtype::F8_E4M3, Dtype::F8_E5M2, Dtype::F8_E4M3FNUZ,
                            Dtype::F8_E5M2FNUZ, Dtype::F8_E8M0};
 
@@ -412,7 +415,7 @@ TEST_CASE("convert_run equals f32(code)*scale rounded by the oracle, both paths"
               std::vector<uint8_t> in(off.in_off + n + 1);
               for (size_t i = 0; i < n; ++i) in[off.in_off + i] = uint8_t(((r * n + i) * 97 + 5) & 0xFF);
               std::vector<uint8_t> out(off.out_off + n * tb + 16, 0xAB);
-              fp8::convert_run(lut, in.data() + off.in_off, n, scale, t, out.data() + off.out_off);
+              fp8::convert_run(lut, in.data() + off.in_off, n, scale, t, out.data() + off.out_off, loss_sink);
               ++calls;
               for (size_t i = 0; i < n; ++i) {
                 const uint8_t c = in[off.in_off + i];
@@ -448,20 +451,20 @@ TEST_CASE("convert_run hand-worked outputs", "[fp8][convert]") {
   const uint8_t in[] = {0x38, 0x40, 0x80, 0x7F, 0x7E};
   SECTION("BF16, scale 0.5") {
     uint8_t out[10];
-    fp8::convert_run(e4, in, 5, 0.5f, Target::BF16, out);
+    fp8::convert_run(e4, in, 5, 0.5f, Target::BF16, out, loss_sink);
     const uint16_t want[] = {0x3F00, 0x3F80, 0x8000, 0x7FC0, 0x4360};  // .5, 1, -0, NaN, 224
     for (int i = 0; i < 5; ++i) CHECK((out[2 * i] | out[2 * i + 1] << 8) == want[i]);
   }
   SECTION("F16, scale 146.25 overflows 448 to inf exactly at the tie") {
     uint8_t out[10];
-    fp8::convert_run(e4, in, 5, 146.25f, Target::F16, out);
+    fp8::convert_run(e4, in, 5, 146.25f, Target::F16, out, loss_sink);
     CHECK((out[8] | out[9] << 8) == 0x7C00);
     CHECK((out[4] | out[5] << 8) == 0x8000);
     CHECK((out[6] | out[7] << 8) == 0x7E00);
   }
   SECTION("F32, scale 3") {
     uint8_t out[20];
-    fp8::convert_run(e4, in, 5, 3.0f, Target::F32, out);
+    fp8::convert_run(e4, in, 5, 3.0f, Target::F32, out, loss_sink);
     auto word = [&](int i) {
       return uint32_t(out[4 * i]) | uint32_t(out[4 * i + 1]) << 8 | uint32_t(out[4 * i + 2]) << 16 |
              uint32_t(out[4 * i + 3]) << 24;
@@ -532,5 +535,57 @@ TEST_CASE("decode_scales for F32, BF16, F16 and F8_E8M0 bytes", "[fp8][scales]")
   }
   SECTION("empty input") {
     CHECK(fp8::decode_scales(Dtype::F32, {}).empty());
+  }
+}
+
+TEST_CASE("convert_run counts overflow, underflow and NaN as the oracle rounds them", "[fp8][loss]") {
+  // Expected counts from the oracle: a finite code whose rounded product is
+  // +-inf overflowed; a non-zero code whose rounded product is +-0
+  // underflowed; a NaN code is NaN.
+  const struct {
+    Dtype type;
+    float scale;
+    Target target;
+  } cases[] = {
+      {Dtype::F8_E4M3, 300.0f, Target::F16},    // 448 * 300 > 65504: overflow
+      {Dtype::F8_E4M3, 1e-6f, Target::F16},     // tiny values: underflow
+      {Dtype::F8_E5M2, 1e35f, Target::BF16},    // 57344 * 1e35 > bf16 max (3.4e38): overflow
+      {Dtype::F8_E5M2, 1e-38f, Target::BF16},   // underflow in bf16
+      {Dtype::F8_E4M3FNUZ, 2.0f, Target::F32},  // nothing lost but the NaN code
+      {Dtype::F8_E5M2, 1e-44f, Target::F32},    // f32 underflow (subnormal products round to 0)
+  };
+  for (const auto& c : cases) {
+    INFO(st::dtype_name(c.type) << " x " << c.scale);
+    const auto& lut = fp8::decode_table(c.type);
+    uint64_t over = 0, under = 0, nan = 0;
+    for (int code = 0; code < 256; ++code) {
+      const float v = oracle::fp8_decode(oracle::fp8_format(c.type), uint8_t(code));
+      const float p = oracle::mul_f32(v, c.scale);
+      if (std::isnan(v)) {
+        ++nan;
+        continue;
+      }
+      double r;
+      if (c.target == Target::F32) r = p;
+      else r = (c.target == Target::F16 ? oracle::f16() : oracle::bf16()).decode(
+               (c.target == Target::F16 ? oracle::f16() : oracle::bf16()).round(p));
+      if (std::isinf(r) && !std::isinf(v)) ++over;
+      else if (r == 0 && v != 0) ++under;
+    }
+    std::vector<uint8_t> in;
+    for (int rep = 0; rep < 5; ++rep)  // 1280 codes: the table path, and 200 on the direct path
+      for (int code = 0; code < 256; ++code) in.push_back(uint8_t(code));
+    std::vector<uint8_t> out(in.size() * 4);
+    fp8::Loss big, small;
+    fp8::convert_run(lut, in.data(), in.size(), c.scale, c.target, out.data(), big);
+    CHECK(big.overflow == 5 * over);
+    CHECK(big.underflow == 5 * under);
+    CHECK(big.nan == 5 * nan);
+    for (int k = 0; k < 5; ++k)
+      fp8::convert_run(lut, in.data() + 256 * k, 256, c.scale, c.target, out.data(), small);
+    CHECK(small.overflow == big.overflow);
+    CHECK(small.underflow == big.underflow);
+    CHECK(small.nan == big.nan);
+    if (c.scale > 100 || c.scale < 1e-5f) CHECK(big.overflow + big.underflow > 0);  // the case is not vacuous
   }
 }
