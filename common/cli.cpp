@@ -109,7 +109,10 @@ void add_progress_options(cxxopts::Options& o) {
 
 void add_output_options(cxxopts::Options& o) {
   o.add_options()("f,force", "replace an existing output file; allow - (stdout) on a terminal")(
-      "no-verify", "do not read the file back to check it against the stream's checksums");
+      "no-verify", "do not read the file back to check it against the stream's checksums")(
+      "strip-prefix", "remove P from the start of tensor names (e.g. model.diffusion_model.)",
+      cxxopts::value<std::string>(), "P")("add-prefix", "put P before every tensor name (after --strip-prefix)",
+                                          cxxopts::value<std::string>(), "P");
   add_progress_options(o);
 }
 
@@ -119,6 +122,8 @@ pack::Options output_options(const cxxopts::ParseResult& r, const std::string& o
   opt.overwrite = r.count("force") > 0;
   opt.verify = r.count("no-verify") == 0;
   opt.progress = progress_enabled(r);
+  if (r.count("strip-prefix")) opt.strip_prefix = r["strip-prefix"].as<std::string>();
+  if (r.count("add-prefix")) opt.add_prefix = r["add-prefix"].as<std::string>();
   if (output == "-") refuse_binary_to_tty(opt.overwrite);
   else io::check_output_path(output, opt.overwrite);  // before reading any input
   return opt;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "error.hpp"
 #include "json_util.hpp"
@@ -79,6 +80,41 @@ bool rematch_requested(const scales::Options& o) {
 
 }  // namespace
 
+void check_problems(const stream::Matching& mt, const Options& opt) {
+  for (const auto& p : mt.problems)
+    if (scales::is_fatal(p, opt.match.strict))
+      fail("tensor " + json::quote(p.tensor) + ": " + (p.kind == scales::kNoScale ? "FP8 weight without a scale (--strict)" : p.detail));
+}
+
+stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matching& mt, fp8::Target target,
+                                 std::vector<long>* out_index) {
+  std::unordered_set<std::string> converted;
+  for (const auto& p : mt.pairs) converted.insert(p.weight);
+  stream::Manifest om;
+  om.producer = std::string("st-dequant ") + ST_VERSION;
+  om.metadata = m.metadata;
+  if (om.metadata)
+    for (const auto& e : mt.metadata_edits) {
+      auto& md = *om.metadata;
+      auto it = std::find_if(md.begin(), md.end(), [&](const auto& kv) { return kv.first == e.key; });
+      if (it == md.end()) continue;
+      if (e.value) it->second = *e.value;
+      else md.erase(it);
+    }
+  if (out_index) out_index->assign(m.tensors.size(), -1);
+  for (const auto& [i, name] : scales::output_names(m, mt)) {
+    TensorInfo o = m.tensors[i];
+    o.name = name;
+    if (converted.count(m.tensors[i].name)) {
+      o.dtype = fp8::target_dtype(target);
+      o.nbytes = m.tensors[i].nbytes * fp8::target_bytes(target);
+    }
+    if (out_index) (*out_index)[i] = static_cast<long>(om.tensors.size());
+    om.tensors.push_back(std::move(o));
+  }
+  return om;
+}
+
 Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const Warn& warn) {
   const stream::Manifest& m = in.manifest();
   size_t nmarkers = 0;
@@ -86,9 +122,7 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   stream::Matching mt;
   const bool recorded = m.matching && !rematch_requested(opt.match);
   mt = recorded ? *m.matching : scales::match(m, markers, opt.match);
-  for (const auto& p : mt.problems)
-    if (scales::is_fatal(p, opt.match.strict))
-      fail("tensor " + json::quote(p.tensor) + ": " + (p.kind == scales::kNoScale ? "FP8 weight without a scale (--strict)" : p.detail));
+  check_problems(mt, opt);
   if (recorded) scales::validate(m, mt);
 
   const size_t n = m.tensors.size();
@@ -116,33 +150,13 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   }
 
   Summary sum;
-  stream::Manifest om;
-  om.producer = std::string("st-dequant ") + ST_VERSION;
-  om.metadata = m.metadata;
-  if (om.metadata)
-    for (const auto& e : mt.metadata_edits) {
-      auto& md = *om.metadata;
-      auto it = std::find_if(md.begin(), md.end(), [&](const auto& kv) { return kv.first == e.key; });
-      if (it == md.end()) continue;
-      if (e.value) it->second = *e.value;
-      else md.erase(it);
-    }
-  std::vector<long> out_index(n, -1);
-  for (const auto& [i, name] : scales::output_names(m, mt)) {
-    if (action[i] == Action::HoldScale) continue;
-    const TensorInfo& t = m.tensors[i];
-    TensorInfo o = t;
-    o.name = name;
-    if (action[i] == Action::Convert) {
-      o.dtype = fp8::target_dtype(opt.target);
-      o.nbytes = t.nbytes * fp8::target_bytes(opt.target);
-      if (scale_of[i] < 0) sum.unscaled.push_back(t.name);
-      else ++sum.converted;
-    } else {
-      ++sum.passed;
-    }
-    out_index[i] = static_cast<long>(om.tensors.size());
-    om.tensors.push_back(std::move(o));
+  std::vector<long> out_index;
+  const stream::Manifest om = output_manifest(m, mt, opt.target, &out_index);
+  for (size_t i = 0; i < n; ++i) {
+    if (out_index[i] < 0) continue;
+    if (action[i] != Action::Convert) ++sum.passed;
+    else if (scale_of[i] < 0) sum.unscaled.push_back(m.tensors[i].name);
+    else ++sum.converted;
   }
   sum.dropped = n - om.tensors.size();
   out.begin(om);

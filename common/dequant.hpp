@@ -37,6 +37,15 @@ using Warn = std::function<void(const std::string&)>;
 // then data streams through chunk by chunk.
 Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const Warn& warn);
 
+// Throws for a fatal matching problem (st-dequant refuses the stream).
+void check_problems(const stream::Matching& mt, const Options& opt);
+
+// The output manifest for a matching: converted weights in the target type
+// under their output names, dropped tensors gone, metadata edited.
+// out_index[i] is input tensor i's index in it, or -1 when dropped.
+stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matching& mt, fp8::Target target,
+                                 std::vector<long>* out_index = nullptr);
+
 // Dequantises `n` FP8 codes that start at element `first` of `weight`, using
 // the layout in `pair` and the decoded `scale` values; writes target bytes.
 // The codes decode as the weight's FP8 dtype, or as pair.format when the

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -117,6 +118,14 @@ void AtomicOutput::cleanup() noexcept {
 
 void AtomicOutput::reserve(uint64_t bytes) {
   if (bytes == 0) return;
+  // Say it in numbers, before writing anything, when it cannot fit.
+  struct statvfs fs;
+  if (::fstatvfs(fd_, &fs) == 0) {
+    const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+    if (free_bytes < bytes)
+      fail(target_ + ": not enough space: the output needs " + std::to_string(bytes) + " bytes, the filesystem has " +
+           std::to_string(free_bytes) + " free");
+  }
 #ifdef __linux__
   const int r = ::posix_fallocate(fd_, 0, static_cast<off_t>(bytes));
   if (r == 0) return;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <unordered_map>
 
 #include "cli.hpp"
 #include "error.hpp"
@@ -26,9 +27,22 @@ struct Layout {
   uint64_t data_bytes = 0;
 };
 
-Layout plan(const stream::Manifest& m, bool reference_order) {
+// The output name of a tensor under --strip-prefix/--add-prefix.
+std::string renamed(const std::string& name, const Options& opt) {
+  std::string n = name;
+  if (!opt.strip_prefix.empty() && n.rfind(opt.strip_prefix, 0) == 0) n.erase(0, opt.strip_prefix.size());
+  return opt.add_prefix + n;
+}
+
+Layout plan(const stream::Manifest& m, bool reference_order, const Options& opt) {
   std::vector<safetensors::TensorEntry> entries;
-  for (const auto& t : m.tensors) entries.push_back({t.name, t.dtype, t.shape, 0, t.nbytes});
+  std::unordered_map<std::string, std::string> seen;  // output name -> input name
+  for (const auto& t : m.tensors) {
+    const std::string name = renamed(t.name, opt);
+    if (auto [it, fresh] = seen.emplace(name, t.name); !fresh)
+      fail("renaming gives '" + it->second + "' and '" + t.name + "' the same name '" + name + "'");
+    entries.push_back({name, t.dtype, t.shape, 0, t.nbytes});
+  }
   std::vector<size_t> order(entries.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   if (reference_order)
@@ -52,7 +66,7 @@ Layout plan(const stream::Manifest& m, bool reference_order) {
 }
 
 Result to_stdout(stream::Reader& in, const Options& opt) {
-  const Layout l = plan(in.manifest(), false);  // stdout cannot seek: stream order
+  const Layout l = plan(in.manifest(), false, opt);  // stdout cannot seek: stream order
   io::FdSink out(STDOUT_FILENO, "stdout");
   out.write(l.header.data(), l.header.size());
   cli::Progress progress(cli::tool_name(), opt.progress, l.data_bytes);
@@ -89,11 +103,16 @@ void refuse_source_as_output(const stream::Manifest& m, const std::string& outpu
 
 }  // namespace
 
+uint64_t output_size(const stream::Manifest& m, const Options& opt) {
+  const Layout l = plan(m, opt.output != "-", opt);
+  return l.header.size() + l.data_bytes;
+}
+
 Result run(stream::Reader& in, const Options& opt) {
   if (opt.output == "-") return to_stdout(in, opt);
   const stream::Manifest& m = in.manifest();
   refuse_source_as_output(m, opt.output);
-  const Layout l = plan(m, true);
+  const Layout l = plan(m, true, opt);
   const uint64_t data_start = l.header.size();
   const uint64_t total = data_start + l.data_bytes;
 

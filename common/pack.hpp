@@ -15,6 +15,8 @@ struct Options {
   bool overwrite = false;
   bool verify = true;
   bool progress = false;
+  std::string strip_prefix;  // removed from names that start with it
+  std::string add_prefix;    // then put before every name
 };
 
 struct Result {
@@ -23,5 +25,8 @@ struct Result {
 };
 
 Result run(stream::Reader& in, const Options& opt);
+
+// The size of the file run() would write for this manifest.
+uint64_t output_size(const stream::Manifest& m, const Options& opt);
 
 }  // namespace st::pack

@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <exception>
+#include <ostream>
 #include <thread>
+#include <unordered_set>
 
 #include "error.hpp"
 #include "output_file.hpp"
@@ -91,6 +93,46 @@ void convert(const std::string& input, const dequant::Options& dq, const pack::O
   }
   // Only a reader of our stdout going away leaves nothing but closed pipes.
   if (broken_pipe) throw BrokenPipe();
+}
+
+void dry_run(const std::string& input, const dequant::Options& dq, const pack::Options& pk, std::ostream& out) {
+  const source::SafetensorsSource src(input);
+  const stream::Manifest& m = src.manifest();
+  const stream::Matching mt = scales::match(m, src.read_markers(), dq.match);
+  dequant::check_problems(mt, dq);
+  const stream::Manifest om = dequant::output_manifest(m, mt, dq.target);
+  const std::string target(fp8::target_suffix(dq.target));
+  out << "Dry run: nothing is written.\n";
+  out << "input:  " << input << " (" << m.tensors.size() << " tensors, " << src.file().size() << " bytes)\n";
+  out << "output: " << pk.output << " (" << om.tensors.size() << " tensors, " << pack::output_size(om, pk)
+      << " bytes)\n";
+  out << "\nconverted to " << target << ": " << mt.pairs.size() << '\n';
+  for (const auto& p : mt.pairs) {
+    const auto& w = m.tensors[static_cast<size_t>(m.find(p.weight))];
+    out << "  " << p.weight << " " << dtype_name(w.dtype) << " " << shape_text(w.shape);
+    if (!p.output.empty()) out << " -> " << p.output;
+    out << (p.scale.empty() ? ", no scale (cast)" : ", scale " + p.scale + " (" + scales::layout_text(p) + ")") << '\n';
+  }
+  std::vector<std::string> passed;
+  std::unordered_set<std::string> converted;
+  for (const auto& p : mt.pairs) converted.insert(p.weight);
+  for (const auto& [i, name] : scales::output_names(m, mt))
+    if (!converted.count(m.tensors[i].name)) passed.push_back(name == m.tensors[i].name ? name : m.tensors[i].name + " -> " + name);
+  out << "\npassed through unchanged: " << passed.size() << '\n';
+  for (const auto& n : passed) out << "  " << n << '\n';
+  out << "\ndropped: " << mt.drop.size() << '\n';
+  for (const auto& d : mt.drop) out << "  " << d << '\n';
+  if (!mt.metadata_edits.empty()) {
+    out << "\nmetadata:\n";
+    for (const auto& e : mt.metadata_edits) out << "  " << e.key << (e.value ? " rewritten" : " removed") << '\n';
+  }
+  size_t notes = 0;
+  for (const auto& p : mt.problems) notes += !scales::is_fatal(p, dq.match.strict);
+  if (notes) {
+    out << "\nnotes: " << notes << '\n';
+    for (const auto& p : mt.problems)
+      if (!scales::is_fatal(p, dq.match.strict)) out << "  " << p.kind << ": " << p.tensor << ": " << p.detail << '\n';
+  }
 }
 
 }  // namespace st::pipeline

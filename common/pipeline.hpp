@@ -15,4 +15,9 @@ std::string default_output(const std::string& input, fp8::Target t);
 
 void convert(const std::string& input, const dequant::Options& dq, const pack::Options& pk, const dequant::Warn& warn);
 
+// What convert() would do, printed to `out`; reads only the header and the
+// small marker tensors, and writes nothing. Fails as convert() would for a
+// bad input or a fatal matching problem.
+void dry_run(const std::string& input, const dequant::Options& dq, const pack::Options& pk, std::ostream& out);
+
 }  // namespace st::pipeline

@@ -1,5 +1,7 @@
 // st-convert: IN.safetensors -> IN-bf16.safetensors in one command
 // (st-list IN | st-dequant | st-pack OUT, in one process).
+#include <iostream>
+
 #include "cli.hpp"
 #include "error.hpp"
 #include "pipeline.hpp"
@@ -9,6 +11,7 @@ int main(int argc, char** argv) {
     auto o = st::cli::make_options("st-convert", "Convert an FP8 .safetensors file to BF16 (or F16/F32).");
     st::cli::add_target_option(o);
     st::cli::add_output_options(o);
+    o.add_options()("n,dry-run", "print what would be converted, passed through and dropped, and the output size; write nothing");
     o.add_options()("in", "input file", cxxopts::value<std::string>())("out", "output file, or - for stdout",
                                                                           cxxopts::value<std::string>());
     st::cli::add_match_options(o);
@@ -21,9 +24,16 @@ int main(int argc, char** argv) {
     dq.target = st::cli::target_option(r);
     dq.match = st::cli::match_options(r);
     const std::string in = r["in"].as<std::string>();
-    const st::pack::Options pk = st::cli::output_options(
-        r, r.count("out") ? r["out"].as<std::string>() : st::pipeline::default_output(in, dq.target));
-    st::pipeline::convert(in, dq, pk, st::cli::warn);
+    const std::string out = r.count("out") ? r["out"].as<std::string>() : st::pipeline::default_output(in, dq.target);
+    if (r.count("dry-run")) {
+      st::pack::Options pk;
+      pk.output = out;
+      pk.strip_prefix = r.count("strip-prefix") ? r["strip-prefix"].as<std::string>() : "";
+      pk.add_prefix = r.count("add-prefix") ? r["add-prefix"].as<std::string>() : "";
+      st::pipeline::dry_run(in, dq, pk, std::cout);
+      return 0;
+    }
+    st::pipeline::convert(in, dq, st::cli::output_options(r, out), st::cli::warn);
     return 0;
   });
 }

@@ -304,6 +304,18 @@ def run_case(case_path, tools):
         if not line or line.startswith('#'):
             continue
         word, _, rest = line.partition(' ')
+        if word == 'requires-mount':  # skip unless we may mount a small tmpfs (root)
+            probe = os.path.join(work, '.mount-probe')
+            os.mkdir(probe)
+            ok = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe],
+                                capture_output=True).returncode == 0
+            if ok:
+                subprocess.run(['umount', probe])
+            os.rmdir(probe)
+            if not ok:
+                print('SKIP: cannot mount a tmpfs here (needs root); this case needs a small filesystem')
+                return 77
+            continue
         if word == 'requires-shared':
             if not os.path.isdir(env['SHARED']):
                 print('SKIP: ../shared is absent; this case needs the FP8 fixtures there')
