@@ -278,7 +278,8 @@ def run_case(case_path, tools):
     work = tempfile.mkdtemp(prefix='stcase-')
     env = dict(os.environ)
     env['PATH'] = tools + os.pathsep + env.get('PATH', '')
-    env['SHARED'] = os.path.abspath(os.path.join(os.path.dirname(case_path), '..', '..', '..', '..', 'shared'))
+    env['SRCDIR'] = os.path.abspath(os.path.join(os.path.dirname(case_path), '..', '..', '..'))
+    env['SHARED'] = os.path.abspath(os.path.join(env['SRCDIR'], '..', 'shared'))
     files = {}      # name -> (metadata, {tensor: (dtype, shape, bytes)})
     failures = []
     step = None
