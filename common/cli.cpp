@@ -158,7 +158,7 @@ void add_match_options(cxxopts::Options& o) {
       cxxopts::value<std::string>(), "RxC")("convention", "use only this naming convention: " + names,
                                             cxxopts::value<std::string>(), "NAME")(
       "u8-as", "U8/I8 tensors that have a scale hold FP8 bytes of this type: e4m3fn, e5m2, e4m3fnuz, e5m2fnuz",
-      cxxopts::value<std::string>(), "TYPE")("strict", "an FP8 weight without a scale is an error, not a warning")(
+      cxxopts::value<std::string>(), "TYPE")("strict", "an FP8 weight without a scale, or (st-dequant) a value overflowing to infinity, is an error")(
       "keep-scales", "keep the activation and KV scales (input_scale, k_scale, ...) of converted layers");
 }
 

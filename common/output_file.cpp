@@ -129,8 +129,10 @@ void AtomicOutput::reserve(uint64_t bytes) {
 #ifdef __linux__
   const int r = ::posix_fallocate(fd_, 0, static_cast<off_t>(bytes));
   if (r == 0) return;
-  if (r == ENOSPC || r == EFBIG)
+  if (r == ENOSPC)
     fail(target_ + ": not enough space for " + std::to_string(bytes) + " bytes: " + errno_text(r));
+  if (r == EFBIG)
+    fail(target_ + ": the output needs " + std::to_string(bytes) + " bytes, more than the file size limit (ulimit -f) allows");
   // EOPNOTSUPP/EINVAL on filesystems without it: fall back to ftruncate.
 #endif
   if (::ftruncate(fd_, static_cast<off_t>(bytes)) != 0)

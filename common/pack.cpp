@@ -39,6 +39,7 @@ Layout plan(const stream::Manifest& m, bool reference_order, const Options& opt)
   std::unordered_map<std::string, std::string> seen;  // output name -> input name
   for (const auto& t : m.tensors) {
     const std::string name = renamed(t.name, opt);
+    if (name == "__metadata__") fail("renaming gives '" + t.name + "' the name '__metadata__', which safetensors reserves");
     if (auto [it, fresh] = seen.emplace(name, t.name); !fresh)
       fail("renaming gives '" + it->second + "' and '" + t.name + "' the same name '" + name + "'");
     entries.push_back({name, t.dtype, t.shape, 0, t.nbytes});
@@ -84,8 +85,6 @@ Result to_stdout(stream::Reader& in, const Options& opt) {
 
 }  // namespace
 
-namespace {
-
 // Replacing a file that the stream is being read from would destroy the
 // input of a conversion that may still fail; the manifest names the sources.
 void refuse_source_as_output(const stream::Manifest& m, const std::string& output) {
@@ -101,7 +100,6 @@ void refuse_source_as_output(const stream::Manifest& m, const std::string& outpu
   }
 }
 
-}  // namespace
 
 uint64_t output_size(const stream::Manifest& m, const Options& opt) {
   const Layout l = plan(m, opt.output != "-", opt);

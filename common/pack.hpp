@@ -26,6 +26,9 @@ struct Result {
 
 Result run(stream::Reader& in, const Options& opt);
 
+// Fails when `output` is one of the manifest's source files (same inode).
+void refuse_source_as_output(const stream::Manifest& m, const std::string& output);
+
 // The size of the file run() would write for this manifest.
 uint64_t output_size(const stream::Manifest& m, const Options& opt);
 

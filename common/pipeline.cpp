@@ -101,11 +101,15 @@ void dry_run(const std::string& input, const dequant::Options& dq, const pack::O
   const stream::Matching mt = scales::match(m, src.read_markers(), dq.match);
   dequant::check_problems(mt, dq);
   const stream::Manifest om = dequant::output_manifest(m, mt, dq.target);
+  const uint64_t size = pack::output_size(om, pk);  // fails on a rename collision, before any output
+  if (pk.output != "-") {
+    io::check_output_path(pk.output, pk.overwrite);
+    pack::refuse_source_as_output(m, pk.output);
+  }
   const std::string target(fp8::target_suffix(dq.target));
   out << "Dry run: nothing is written.\n";
   out << "input:  " << input << " (" << m.tensors.size() << " tensors, " << src.file().size() << " bytes)\n";
-  out << "output: " << pk.output << " (" << om.tensors.size() << " tensors, " << pack::output_size(om, pk)
-      << " bytes)\n";
+  out << "output: " << pk.output << " (" << om.tensors.size() << " tensors, " << size << " bytes)\n";
   out << "\nconverted to " << target << ": " << mt.pairs.size() << '\n';
   for (const auto& p : mt.pairs) {
     const auto& w = m.tensors[static_cast<size_t>(m.find(p.weight))];

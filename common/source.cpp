@@ -1,6 +1,8 @@
 #include "source.hpp"
 
 #include <fnmatch.h>
+#include <limits.h>
+#include <stdlib.h>
 
 #include <algorithm>
 #include <functional>
@@ -20,6 +22,16 @@ bool matches_any(const std::vector<std::string>& globs, const std::string& name)
   for (const auto& g : globs)
     if (::fnmatch(g.c_str(), name.c_str(), 0) == 0) return true;
   return false;
+}
+
+// The source path as the manifest records it: absolute, so that a stage
+// running elsewhere (st-pack refusing to replace its input) finds the file.
+std::string canonical(const std::string& path) {
+  char* real = ::realpath(path.c_str(), nullptr);
+  if (!real) return path;
+  std::string out(real);
+  std::free(real);
+  return out;
 }
 
 std::vector<stream::TensorInfo> infos_of(const safetensors::Header& h, const std::string& path) {
@@ -47,8 +59,10 @@ std::vector<size_t> select(const std::vector<stream::TensorInfo>& all, const Lis
 
 SafetensorsSource::SafetensorsSource(const std::string& path, const ListOptions& opt)
     : file_(path), opt_(opt), header_(safetensors::read_header(file_)) {
-  const auto all = infos_of(header_, path);
+  const auto all = infos_of(header_, canonical(path));
   const auto kept = select(all, opt);
+  if (kept.empty() && !all.empty())
+    fail(path + ": no tensor matches the --include/--exclude patterns");
   std::vector<stream::TensorInfo> infos;
   for (size_t i : kept) infos.push_back(all[i]);
   manifest_.producer = std::string("st-list ") + ST_VERSION;

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
     if (r.count("dry-run")) {
       st::pack::Options pk;
       pk.output = out;
+      pk.overwrite = r.count("force") > 0;
       pk.strip_prefix = r.count("strip-prefix") ? r["strip-prefix"].as<std::string>() : "";
       pk.add_prefix = r.count("add-prefix") ? r["add-prefix"].as<std::string>() : "";
       st::pipeline::dry_run(in, dq, pk, std::cout);

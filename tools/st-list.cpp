@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
     if (r.count("exclude")) opt.exclude = r["exclude"].as<Globs>();
     opt.sha256 = r.count("sha256") > 0;
     if (r.count("expect-sha256")) opt.expect_sha256 = st::sha256::parse_hex_digest(r["expect-sha256"].as<std::string>());
+    if ((r.count("table") || r.count("json")) && (opt.sha256 || !opt.expect_sha256.empty()))
+      st::usage_error("--sha256 and --expect-sha256 hash the file while streaming it; they do not go with --table or --json");
     if (r.count("table")) {
       st::source::print_file_table(std::cout, path, opt);
       return 0;
