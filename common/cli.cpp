@@ -17,7 +17,21 @@ namespace st::cli {
 namespace {
 std::string g_tool = "st-tools";
 bool g_quiet = false;
+bool g_stream_output = false;
+
+// After an error: a stream stage that never started its output tells the
+// next stage, with a bare preamble + ABORT (not on a terminal).
+void abort_empty_stream() noexcept {
+  if (!g_stream_output || stream::output_started() || io::is_tty(STDOUT_FILENO)) return;
+  try {
+    io::FdSink out(STDOUT_FILENO, "stdout");
+    stream::Writer w(out);  // destroyed unfinished: writes the ABORT
+  } catch (...) {
+  }
+}
 }  // namespace
+
+void set_stream_output() { g_stream_output = true; }
 
 const std::string& tool_name() { return g_tool; }
 void set_quiet(bool q) { g_quiet = q; }
@@ -48,6 +62,7 @@ int run(const char* tool, const std::function<int()>& body) {
   } catch (const UpstreamFailed&) {
     return kDataError;  // the stage that failed has said why
   } catch (const Error& e) {
+    abort_empty_stream();
     std::cout.flush();
     std::cerr << g_tool << ": " << e.what() << '\n';
     if (e.kind() == ErrorKind::Usage) {

@@ -60,6 +60,11 @@ void refuse_binary_to_tty(bool force);
 // A stage that reads a stream refuses a terminal on stdin.
 void refuse_tty_stdin();
 
+// Declares that this tool writes a stream on stdout (known once its options
+// are parsed): an error before the stream began still ends stdout with an
+// ABORT frame, so the next stage exits quietly instead of adding an error.
+void set_stream_output();
+
 // Warnings go to stderr as "tool: warning: ..." unless --quiet.
 void set_quiet(bool quiet);
 void warn(const std::string& message);

@@ -83,6 +83,31 @@ void append_json_string(std::string& out, std::string_view s) {
   out += '"';
 }
 
+bool within_depth(std::string_view text) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxDepth) return false;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return true;
+}
+
+bool parse_json(rapidjson::Document& doc, std::string_view text) {
+  if (!within_depth(text)) return false;
+  doc.Parse<rapidjson::kParseIterativeFlag>(text.data(), text.size());
+  return !doc.HasParseError();
+}
+
 std::string quote(std::string_view s) {
   std::string out = "'";
   for (unsigned char c : s) {

@@ -2,6 +2,8 @@
 // headers and stream manifests).
 #pragma once
 
+#include <rapidjson/document.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -20,6 +22,17 @@ std::optional<uint64_t> parse_u64(std::string_view text, std::string* why);
 // does: \" \\ \b \f \n \r \t, other control characters as \u00xx
 // (lowercase hex), everything else (DEL, '/', non-ASCII) as is.
 void append_json_string(std::string& out, std::string_view s);
+
+// Nesting limit of every JSON document we read (serde_json's is 128).
+inline constexpr int kMaxDepth = 127;
+
+// Whether `text` nests objects/arrays at most kMaxDepth deep (strings are
+// skipped), so that parsing and walking it cannot exhaust the stack.
+bool within_depth(std::string_view text);
+
+// Parses `text` (RapidJSON, iterative) into `doc` if it is within kMaxDepth;
+// false on a syntax error or too deep a document.
+bool parse_json(rapidjson::Document& doc, std::string_view text);
 
 // Quoted for messages: 'name' with control characters escaped.
 std::string quote(std::string_view s);

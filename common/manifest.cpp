@@ -34,12 +34,10 @@ std::string get_string(const Value& v, const std::string& what) {
 }
 
 uint64_t get_u64(const Value& v, const std::string& what) {
-  // Numbers are parsed as strings (kParseNumbersAsStringsFlag) to stay exact.
-  if (!v.IsString()) bad(what + " is not a number");
-  std::string why;
-  auto n = json::parse_u64(std::string_view(v.GetString(), v.GetStringLength()), &why);
-  if (!n) bad(what + " " + why);
-  return *n;
+  // RapidJSON keeps integers up to 2^64-1 exact; fractions, exponents,
+  // negatives and larger numbers are not Uint64.
+  if (!v.IsUint64()) bad(what + " is not a non-negative integer");
+  return v.GetUint64();
 }
 
 ScaleLayout layout_from(const std::string& s) {
@@ -211,10 +209,9 @@ std::string encode_manifest(const Manifest& m) {
 
 Manifest decode_manifest(std::string_view json) {
   if (!json::valid_utf8(json)) bad("not valid UTF-8");
-  const std::string copy(json);
   rapidjson::Document doc;
-  doc.Parse<rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseIterativeFlag |
-            rapidjson::kParseValidateEncodingFlag>(copy.c_str(), copy.size());
+  if (!json::within_depth(json)) bad("nested more than " + std::to_string(json::kMaxDepth) + " levels deep");
+  doc.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(json.data(), json.size());
   if (doc.HasParseError()) bad("not valid JSON (byte " + std::to_string(doc.GetErrorOffset()) + ")");
   if (!doc.IsObject()) bad("not a JSON object");
   if (get_string(member(doc, "format", "manifest"), "format") != "st-stream") bad("format is not 'st-stream'");
@@ -259,13 +256,9 @@ Manifest decode_manifest(std::string_view json) {
 
   if (auto it = doc.FindMember("quantization_config"); it != doc.MemberEnd() && !it->value.IsNull()) {
     if (!it->value.IsObject()) bad("quantization_config is not an object");
-    // Numbers were read as strings above (to keep u64 exact); this object is
-    // passed on as it was, so it is taken from a plain parse.
-    rapidjson::Document plain;
-    plain.Parse<rapidjson::kParseIterativeFlag>(copy.c_str(), copy.size());
-    rapidjson::StringBuffer qb;
+    rapidjson::StringBuffer qb;  // within kMaxDepth: Accept's recursion is bounded
     rapidjson::Writer<rapidjson::StringBuffer> qw(qb);
-    plain["quantization_config"].Accept(qw);
+    it->value.Accept(qw);
     m.quantization_config.assign(qb.GetString(), qb.GetSize());
   }
 

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "error.hpp"
+#include "json_util.hpp"
 
 namespace st::model_config {
 
@@ -42,8 +43,8 @@ std::string read_quantization_config(const std::string& model_path) {
   std::stringstream text;
   text << in.rdbuf();
   rapidjson::Document doc;
-  doc.Parse(text.str().c_str(), text.str().size());
-  if (doc.HasParseError() || !doc.IsObject()) fail(path + ": not valid JSON (it holds the model's quantization settings)");
+  if (!json::parse_json(doc, text.str()) || !doc.IsObject())
+    fail(path + ": not valid JSON (it holds the model's quantization settings)");
   auto it = doc.FindMember("quantization_config");
   if (it == doc.MemberEnd() || !it->value.IsObject()) return "";
   rapidjson::StringBuffer sb2;
@@ -56,8 +57,7 @@ QuantSizes quant_sizes(const std::string& qc) {
   QuantSizes out;
   if (qc.empty()) return out;
   rapidjson::Document doc;
-  doc.Parse(qc.c_str(), qc.size());
-  if (doc.HasParseError() || !doc.IsObject()) return out;
+  if (!json::parse_json(doc, qc) || !doc.IsObject()) return out;
   if (auto it = doc.FindMember("weight_block_size"); it != doc.MemberEnd()) out.block = pair_of(it->value);
   // compressed-tensors: config_groups.<name>.weights.{block_structure, group_size}
   if (auto g = doc.FindMember("config_groups"); g != doc.MemberEnd() && g->value.IsObject()) {

@@ -41,6 +41,9 @@ struct Convention {
   const char* output_suffix;
   const char* second_suffix;  // nullptr: none
   const char* producers;
+  // Only F8_E8M0/U8 exponent scales: for a name as common as ".scale",
+  // which also names ordinary parameters (FLUX's norm.query_norm.scale).
+  bool exponents_only = false;
 };
 constexpr Convention kConventions[] = {
     {"weight_scale_inv", "", "_scale_inv", "", nullptr,
@@ -50,6 +53,7 @@ constexpr Convention kConventions[] = {
     {"scale_weight", ".weight", ".scale_weight", ".weight", ".scale_weight_tensor",
      "ComfyUI scaled_fp8, musubi-tuner"},
     {"qscale_weight", ".weight", ".qscale_weight", ".weight", nullptr, "Mistral native"},
+    {"scale", ".weight", ".scale", ".weight", nullptr, "DeepSeek-V4, HF MXFP8 (E8M0 group scales)", true},
     {"torchao", ":qdata", ":scale", "", nullptr, "pytorch/ao Float8Tensor"},
     {"torchao", "._weight_qdata", "._weight_scale", ".weight", nullptr, "pytorch/ao Float8Tensor"},
 };
@@ -105,9 +109,8 @@ std::map<std::string, std::string> comfy_layer_formats(const stream::Manifest& m
     for (const auto& [k, v] : *m.metadata)
       if (k == "_quantization_metadata") {
         rapidjson::Document d;
-        d.Parse(v.c_str(), v.size());
-        if (d.HasParseError() || !d.IsObject()) {
-          problems.push_back({kBadMarker, "__metadata__._quantization_metadata", "is not valid JSON"});
+        if (!json::parse_json(d, v) || !d.IsObject()) {
+          problems.push_back({kBadMarker, "__metadata__._quantization_metadata", "is not valid JSON (or nests too deep)"});
           continue;
         }
         if (auto l = d.FindMember("layers"); l != d.MemberEnd() && l->value.IsObject())
@@ -116,9 +119,8 @@ std::map<std::string, std::string> comfy_layer_formats(const stream::Manifest& m
       }
   for (const auto& [name, bytes] : markers) {
     rapidjson::Document d;
-    d.Parse(reinterpret_cast<const char*>(bytes.data()), bytes.size());
     const std::string layer = name.size() > 12 ? name.substr(0, name.size() - 12) : "";
-    if (d.HasParseError()) {
+    if (!json::parse_json(d, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()))) {
       problems.push_back({kBadMarker, name, "comfy_quant marker is not valid JSON"});
       continue;
     }
@@ -135,8 +137,7 @@ std::vector<std::string> torchao_tensor_names(const stream::Manifest& m) {
   for (const auto& [k, v] : *m.metadata)
     if (k == "tensor_names") {
       rapidjson::Document d;
-      d.Parse(v.c_str(), v.size());
-      if (!d.HasParseError() && d.IsArray())
+      if (json::parse_json(d, v) && d.IsArray())
         for (const auto& n : d.GetArray())
           if (n.IsString()) names.emplace_back(n.GetString(), n.GetStringLength());
     }
@@ -322,6 +323,8 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     for (const auto& [k, v] : *m.metadata) comfy_mxfp8 |= k == "quant_format" && v == "mxfp8";
   std::unordered_set<std::string> used, dropped;
   std::set<std::string> converted_layers;
+  std::set<std::string> converted_keys;  // their keys in _quantization_metadata
+  std::unordered_set<std::string> kept_layers;  // layers in formats we leave as they are
   auto drop = [&](const std::string& n) {
     if (dropped.insert(n).second) mt.drop.push_back(n);
   };
@@ -341,6 +344,10 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       if (!ends_with(w, row.weight_suffix)) continue;
       const std::string p = w.substr(0, w.size() - std::string_view(row.weight_suffix).size());
       if (!has(p + row.scale_suffix)) continue;
+      if (row.exponents_only) {
+        const Dtype sd = tensors[by_name.at(p + row.scale_suffix)].dtype;
+        if (sd != Dtype::F8_E8M0 && sd != Dtype::U8) continue;
+      }
       Candidate c{&row, p + row.scale_suffix, "", p + row.output_suffix};
       if (row.second_suffix && has(p + row.second_suffix)) c.second = p + row.second_suffix;
       out.push_back(std::move(c));
@@ -354,13 +361,17 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     // What the weight's bytes are: its FP8 dtype, or for a U8/I8 container
     // the FP8 type a marker (or --u8-as) names. Never a guess.
     std::optional<Dtype> format;
-    const auto cf = comfy.find(layer);
+    // Layer keys may lack the state-dict prefix (third-party files write
+    // "blocks.0.lin" for "model.diffusion_model.blocks.0.lin"): try the
+    // layer name, then ever shorter dotted suffixes of it.
+    auto cf = comfy.find(layer);
+    for (size_t dot = layer.find('.'); cf == comfy.end() && dot != std::string::npos; dot = layer.find('.', dot + 1))
+      cf = comfy.find(layer.substr(dot + 1));
     const bool comfy_marked = cf != comfy.end() && ends_with(w.name, ".weight");
     if (comfy_marked && !fp8_of_comfy_format(cf->second)) {
       if (is_fp8_weight_dtype(w.dtype) || w.dtype == Dtype::U8 || w.dtype == Dtype::I8) {
         problem(kUnconverted, w.name, "layer format '" + cf->second + "' is not converted: the layer is left as it is");
-        for (const auto& t : tensors)
-          if (t.name.rfind(layer + ".", 0) == 0) used.insert(t.name);
+        kept_layers.insert(layer);
       }
       continue;
     }
@@ -437,7 +448,15 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     }
     mt.pairs.push_back(pair);
     converted_layers.insert(layer);
+    if (comfy_marked) converted_keys.insert(cf->first);
   }
+
+  // Everything of a layer left as it is stays, unreported.
+  if (!kept_layers.empty())
+    for (const auto& t : tensors) {
+      const auto dot = t.name.rfind('.');
+      if (dot != std::string::npos && kept_layers.count(t.name.substr(0, dot))) used.insert(t.name);
+    }
 
   // Activation/KV scales and ComfyUI markers of converted layers.
   for (const auto& layer : converted_layers) {
@@ -456,11 +475,10 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     for (const auto& [k, v] : *m.metadata) {
       if (k != "_quantization_metadata" || converted_layers.empty()) continue;
       rapidjson::Document d;
-      d.Parse(v.c_str(), v.size());
-      if (d.HasParseError() || !d.IsObject()) continue;
+      if (!json::parse_json(d, v) || !d.IsObject()) continue;
       auto l = d.FindMember("layers");
       if (l == d.MemberEnd() || !l->value.IsObject()) continue;
-      for (const auto& layer : converted_layers) l->value.RemoveMember(layer.c_str());
+      for (const auto& key : converted_keys) l->value.RemoveMember(key.c_str());
       if (l->value.MemberCount() == 0) {
         mt.metadata_edits.push_back({k, std::nullopt});
       } else {
@@ -587,6 +605,19 @@ void validate(const stream::Manifest& m, const Matching& mt) {
   }
   for (const auto& d : mt.drop) find(d, "dropped tensor");
   for (const auto& r : mt.renames) find(r.from, "renamed tensor");
+  // Each tensor has one role: a scale serves one weight (a second factor is
+  // folded into it), and a converted weight is neither dropped, renamed
+  // separately, nor another weight's scale.
+  std::unordered_set<std::string> scale_names;
+  for (const auto& p : mt.pairs)
+    for (const auto* s : {&p.scale, &p.scale2})
+      if (!s->empty() && !scale_names.insert(*s).second)
+        fail("stream matching uses " + json::quote(*s) + " as the scale of more than one weight");
+  for (const auto& p : mt.pairs)
+    if (dropped.count(p.weight) || scale_names.count(p.weight))
+      fail("stream matching both converts and drops " + json::quote(p.weight));
+  for (const auto& r : mt.renames)
+    if (weights.count(r.from)) fail("stream matching renames converted weight " + json::quote(r.from) + " twice");
   // An FP8 weight is either converted or deliberately left as it is.
   std::unordered_set<std::string> left;
   for (const auto& p : mt.problems)

@@ -109,12 +109,16 @@ std::string SafetensorsSource::write_stream(stream::Writer& w) const {
       left -= n;
     }
   };
+  bool catching_up = false;  // a loop, not a recursion, over runs of skipped tensors
   catch_up = [&] {
+    if (catching_up) return;
+    catching_up = true;
     for (auto it = skipped.find(sha->covered()); it != skipped.end(); it = skipped.find(sha->covered())) {
       const size_t k = it->second;
       skipped.erase(it);
       read(header_.tensors[k], [](std::span<const uint8_t>) {});
     }
+    catching_up = false;
   };
   if (sha) catch_up();
   for (size_t i = 0; i < header_index_.size(); ++i) {

@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "error.hpp"
@@ -77,7 +78,14 @@ Writer::~Writer() {
   }
 }
 
+namespace {
+std::atomic<bool> g_output_started{false};
+}  // namespace
+
+bool output_started() { return g_output_started.load(); }
+
 void Writer::preamble() {
+  g_output_started = true;
   uint8_t pre[kPreambleBytes] = {};
   std::memcpy(pre, kMagic, 8);
   put_u16(pre + 8, kVersionMajor);

@@ -56,6 +56,10 @@ class Writer {
   std::unique_ptr<Hashes> h_;
 };
 
+// Whether any Writer of this process has written a preamble (cli::run uses
+// it to end an otherwise empty output with ABORT after an early error).
+bool output_started();
+
 struct Event {
   enum class Kind { Data, TensorEnd, End };
   Kind kind = Kind::End;

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
     if (!r.count("file")) st::usage_error("no input file given");
     const std::string path = r["file"].as<std::string>();
     if (path == "-") st::usage_error("reading a safetensors file from stdin is not supported (it must be seekable); give its path");
+    if (!r.count("table") && !r.count("json")) st::cli::set_stream_output();
     st::source::ListOptions opt;
     if (r.count("include")) opt.include = r["include"].as<Globs>();
     if (r.count("exclude")) opt.exclude = r["exclude"].as<Globs>();

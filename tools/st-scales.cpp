@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
     const std::string file = r.count("file") ? r["file"].as<std::string>() : "-";
     const auto format = r.count("json") ? st::scales::ReportFormat::Json : st::scales::ReportFormat::Text;
     if (file != "-") return st::scales::report_file(file, opt, format, std::cout) ? 1 : 0;
+    st::cli::set_stream_output();
     st::cli::run_stream_filter(r.count("force") > 0, [&](st::stream::Reader& in, st::stream::Writer& out) {
       st::scales::match_stage(in, out, opt, r.count("report") ? &std::cerr : nullptr);
     });

@@ -18,7 +18,7 @@ _st_tools() {
   cmd=${COMP_WORDS[0]##*/}
   case $prev in
     --to) COMPREPLY=($(compgen -W "bf16 f16 f32" -- "$cur")); return ;;
-    --convention) COMPREPLY=($(compgen -W "weight_scale_inv weight_scale scale_weight qscale_weight torchao" -- "$cur")); return ;;
+    --convention) COMPREPLY=($(compgen -W "weight_scale_inv weight_scale scale_weight qscale_weight scale torchao" -- "$cur")); return ;;
     --u8-as) COMPREPLY=($(compgen -W "e4m3fn e5m2 e4m3fnuz e5m2fnuz" -- "$cur")); return ;;
     --block) COMPREPLY=($(compgen -W "128x128 64x64 1x32 1x128" -- "$cur")); return ;;
     --include | --exclude | --expect-sha256 | --strip-prefix | --add-prefix) return ;;
