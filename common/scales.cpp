@@ -458,12 +458,17 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       if (dot != std::string::npos && kept_layers.count(t.name.substr(0, dot))) used.insert(t.name);
     }
 
-  // Activation/KV scales and ComfyUI markers of converted layers.
+  // Activation/KV scales and ComfyUI markers of converted layers; never a
+  // tensor that is converted itself (an FP8 tensor named like one).
+  std::unordered_set<std::string> converted;
+  for (const auto& p : mt.pairs) converted.insert(p.weight);
+  auto drop_part = [&](const std::string& n) {
+    if (has(n) && !converted.count(n)) drop(n);
+  };
   for (const auto& layer : converted_layers) {
     if (!opt.keep_scales)
-      for (auto a : kActivationScales)
-        if (has(layer + "." + std::string(a))) drop(layer + "." + std::string(a));
-    if (has(layer + ".comfy_quant")) drop(layer + ".comfy_quant");
+      for (auto a : kActivationScales) drop_part(layer + "." + std::string(a));
+    drop_part(layer + ".comfy_quant");
   }
   if (!mt.pairs.empty())
     for (const auto& t : tensors)
