@@ -19,10 +19,9 @@ void convert_chunk(const TensorInfo& w, const ScalePairing& pair, const std::vec
                    fp8::Target target, uint64_t first, const uint8_t* in, size_t n, uint8_t* out,
                    fp8::Loss& loss) {
   const Dtype format = is_fp8_weight_dtype(w.dtype) ? w.dtype : pair.format;
-  const auto& lut = fp8::decode_table(format);
   const size_t ob = fp8::target_bytes(target);
   if (pair.scale.empty() || pair.layout == ScaleLayout::PerTensor) {
-    fp8::convert_run(lut, in, n, pair.scale.empty() ? 1.0f : scale.at(0), target, out, loss);
+    fp8::convert_run(format, in, n, pair.scale.empty() ? 1.0f : scale.at(0), target, out, loss);
     return;
   }
   // Rank >= 2 from here: N columns per row, scale constant over runs.
@@ -45,7 +44,7 @@ void convert_chunk(const TensorInfo& w, const ScalePairing& pair, const std::vec
       run_end = std::min(cols, (col / bn + 1) * bn);
     }
     const size_t len = static_cast<size_t>(std::min<uint64_t>(run_end - col, n - done));
-    fp8::convert_run(lut, in + done, len, scale.at(s), target, out + done * ob, loss);
+    fp8::convert_run(format, in + done, len, scale.at(s), target, out + done * ob, loss);
     done += len;
   }
 }

@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
 #include "error.hpp"
+#include "fp8_simd.hpp"
 
 namespace st::fp8 {
 
@@ -246,45 +248,75 @@ void add_loss(Loss& loss, LossKind k, uint64_t n) {
 
 }  // namespace
 
-void convert_run(const std::array<float, 256>& lut, const uint8_t* in, size_t n, float scale,
-                 Target t, uint8_t* out, Loss& loss) {
-  // For long runs one product per code (256) is cheaper than one per element:
-  // the same function of the same inputs, so the bits are identical. Loss is
-  // counted per code only when some code of this scale loses something.
-  if (n >= 1024) {
-    std::array<uint32_t, 256> table;
-    std::array<uint8_t, 256> kind;
-    bool lossy = false;
-    for (size_t c = 0; c < 256; ++c) {
-      table[c] = result_bits(lut[c] * scale, t);
-      kind[c] = classify(lut[c], table[c], t);
-      lossy |= kind[c] != kExact;
-    }
-    if (t == Target::F32) {
-      for (size_t i = 0; i < n; ++i) store_le(out + 4 * i, table[in[i]]);
-    } else {
-      std::array<uint16_t, 256> table16;  // a 16-bit table keeps the loop as fast as before
-      for (size_t c = 0; c < 256; ++c) table16[c] = static_cast<uint16_t>(table[c]);
-      for (size_t i = 0; i < n; ++i) store_le(out + 2 * i, table16[in[i]]);
-    }
-    // Count the codes that lose something (usually just the two NaN codes)
-    // with a byte count per code, which vectorises; a counter bumped per
-    // element chains every iteration through memory (measured 5x slower).
-    if (lossy) {
-      std::array<uint64_t, 256> hist{};
-      size_t lossy_codes = 0;
-      for (size_t c = 0; c < 256; ++c) lossy_codes += kind[c] != kExact;
-      if (lossy_codes <= 16) {
-        for (size_t c = 0; c < 256; ++c)
-          if (kind[c] != kExact) hist[c] = static_cast<uint64_t>(std::count(in, in + n, static_cast<uint8_t>(c)));
-      } else {
-        for (size_t i = 0; i < n; ++i) ++hist[in[i]];
-      }
-      for (size_t c = 0; c < 256; ++c)
-        if (hist[c]) add_loss(loss, static_cast<LossKind>(kind[c]), hist[c]);
-    }
-    return;
+namespace {
+
+// How many of n bytes equal each of k <= 16 codes, in one pass. Byte-wide
+// counters over rows of 64 bytes (at most 255 rows between flushes) let
+// compilers vectorise it 16-64 bytes per instruction; std::count widens to
+// 64-bit counters and was measured as slow as the conversion itself.
+constexpr size_t kMaxCountedCodes = 16;
+void count_codes(const uint8_t* in, size_t n, const uint8_t* codes, size_t k, uint64_t* counts) {
+  constexpr size_t kLanes = 64;
+  size_t i = 0;
+  while (n - i >= kLanes) {
+    uint8_t acc[kMaxCountedCodes][kLanes] = {};
+    const size_t rows = std::min<size_t>((n - i) / kLanes, 255);
+    for (size_t r = 0; r < rows; ++r, i += kLanes)
+      for (size_t j = 0; j < k; ++j)
+        for (size_t l = 0; l < kLanes; ++l) acc[j][l] = static_cast<uint8_t>(acc[j][l] + (in[i + l] == codes[j]));
+    for (size_t j = 0; j < k; ++j)
+      for (size_t l = 0; l < kLanes; ++l) counts[j] += acc[j][l];
   }
+  for (; i < n; ++i)
+    for (size_t j = 0; j < k; ++j) counts[j] += in[i] == codes[j];
+}
+
+// Runs at least this long go through a table of the 256 results of their
+// scale: the same function of the same inputs, so the bits are identical.
+constexpr size_t kTableRun = 1024;
+
+void convert_table(Kernel k, const std::array<float, 256>& lut, const uint8_t* in, size_t n,
+                   float scale, Target t, uint8_t* out, Loss& loss) {
+  std::array<uint32_t, 256> table;
+  std::array<uint8_t, 256> kind;
+  bool lossy = false;
+  for (size_t c = 0; c < 256; ++c) {
+    table[c] = result_bits(lut[c] * scale, t);
+    kind[c] = classify(lut[c], table[c], t);
+    lossy |= kind[c] != kExact;
+  }
+  const size_t done = k == Kernel::Avx2 ? simd::lookup_avx2(table.data(), in, n, t, out) : 0;
+  if (t == Target::F32) {
+    for (size_t i = done; i < n; ++i) store_le(out + 4 * i, table[in[i]]);
+  } else {
+    std::array<uint16_t, 256> table16;  // a 16-bit table is faster for the scalar loop
+    for (size_t c = 0; c < 256; ++c) table16[c] = static_cast<uint16_t>(table[c]);
+    for (size_t i = done; i < n; ++i) store_le(out + 2 * i, table16[in[i]]);
+  }
+  // Count the codes that lose something (usually just the two NaN codes)
+  // with a byte count per code, which vectorises; a counter bumped per
+  // element chains every iteration through memory (measured 5x slower).
+  if (lossy) {
+    std::array<uint8_t, 256> lossy_codes;
+    size_t k = 0;
+    for (size_t c = 0; c < 256; ++c)
+      if (kind[c] != kExact) lossy_codes[k++] = static_cast<uint8_t>(c);
+    std::array<uint64_t, 256> hist{};
+    if (k <= kMaxCountedCodes) {
+      std::array<uint64_t, kMaxCountedCodes> counts{};
+      count_codes(in, n, lossy_codes.data(), k, counts.data());
+      for (size_t j = 0; j < k; ++j) hist[lossy_codes[j]] = counts[j];
+    } else {
+      for (size_t i = 0; i < n; ++i) ++hist[in[i]];
+    }
+    for (size_t c = 0; c < 256; ++c)
+      if (hist[c]) add_loss(loss, static_cast<LossKind>(kind[c]), hist[c]);
+  }
+}
+
+// Short runs (e.g. one row of a 128x128 scale block): one multiply each.
+void convert_direct(const std::array<float, 256>& lut, const uint8_t* in, size_t n, float scale,
+                    Target t, uint8_t* out, Loss& loss) {
   for (size_t i = 0; i < n; ++i) {
     const float v = lut[in[i]];
     const uint32_t bits = result_bits(v * scale, t);
@@ -292,6 +324,56 @@ void convert_run(const std::array<float, 256>& lut, const uint8_t* in, size_t n,
     else store_le(out + 2 * i, static_cast<uint16_t>(bits));
     add_loss(loss, classify(v, bits, t), 1);
   }
+}
+
+}  // namespace
+
+std::string_view kernel_name(Kernel k) {
+  switch (k) {
+    case Kernel::Scalar: return "scalar";
+    case Kernel::Avx2: return "avx2";
+    case Kernel::Neon: return "neon";
+  }
+  return "scalar";
+}
+
+std::vector<Kernel> available_kernels() {
+  std::vector<Kernel> ks{Kernel::Scalar};
+  if (simd::avx2_supported()) ks.push_back(Kernel::Avx2);
+  if (simd::neon_supported()) ks.push_back(Kernel::Neon);
+  return ks;
+}
+
+Kernel active_kernel() {
+  static const Kernel chosen = [] {
+    const auto ks = available_kernels();
+    if (const char* want = std::getenv("ST_FP8_KERNEL")) {
+      for (Kernel k : ks)
+        if (kernel_name(k) == want) return k;
+    }
+    return ks.back();
+  }();
+  return chosen;
+}
+
+void convert_run(Kernel k, Dtype fp8, const uint8_t* in, size_t n, float scale, Target t,
+                 uint8_t* out, Loss& loss) {
+  const auto& lut = decode_table(fp8);
+  const size_t ob = target_bytes(t);
+  // NEON computes every run; AVX2 uses gathers from the table for long runs
+  // (measured faster than computing) and computes short ones.
+  size_t done = k == Kernel::Neon ? simd::convert_neon(fp8, in, n, scale, t, out, loss) : 0;
+  if (n - done >= kTableRun) {
+    convert_table(k, lut, in + done, n - done, scale, t, out + done * ob, loss);
+    return;
+  }
+  if (k == Kernel::Avx2) done = simd::convert_avx2(fp8, in, n, scale, t, out, loss);
+  convert_direct(lut, in + done, n - done, scale, t, out + done * ob, loss);
+}
+
+void convert_run(Dtype fp8, const uint8_t* in, size_t n, float scale, Target t, uint8_t* out,
+                 Loss& loss) {
+  convert_run(active_kernel(), fp8, in, n, scale, t, out, loss);
 }
 
 }  // namespace st::fp8

@@ -59,9 +59,23 @@ struct Loss {
   }
 };
 
-// Dequantise n codes with one scale; writes n * target_bytes(t) bytes
-// (little-endian) to out and adds what was lost to `loss`.
-void convert_run(const std::array<float, 256>& lut, const uint8_t* in, size_t n, float scale,
-                 Target t, uint8_t* out, Loss& loss);
+// Implementations of the dequantisation kernel. Scalar is portable; Avx2
+// (x86-64 with AVX2 and F16C, detected at run time) and Neon (aarch64) do
+// F8_E4M3 and F8_E5M2 runs with vector instructions and give the same bits
+// and the same loss counts as Scalar (the unit tests compare all three).
+enum class Kernel { Scalar, Avx2, Neon };
+std::string_view kernel_name(Kernel k);  // "scalar", "avx2", "neon"
+std::vector<Kernel> available_kernels();  // what this CPU runs, Scalar first
+// The kernel convert_run uses: the fastest available, unless the environment
+// variable ST_FP8_KERNEL names another available one (for benchmarks).
+Kernel active_kernel();
+
+// Dequantise n codes of the FP8 type `fp8` with one scale; writes
+// n * target_bytes(t) bytes (little-endian) to out and adds what was lost to
+// `loss`. Any alignment of in and out.
+void convert_run(Dtype fp8, const uint8_t* in, size_t n, float scale, Target t, uint8_t* out,
+                 Loss& loss);
+void convert_run(Kernel k, Dtype fp8, const uint8_t* in, size_t n, float scale, Target t,
+                 uint8_t* out, Loss& loss);
 
 }  // namespace st::fp8

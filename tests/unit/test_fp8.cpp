@@ -1,6 +1,8 @@
 // st::fp8: FP8 decode tables, f32 -> BF16/F16 rounding, the dequantisation
 // kernel convert_run and scale decoding, against the independent oracle in
 // oracle.hpp and hand-worked values from fp8-conventions.md §1 and §11.
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -387,7 +389,7 @@ const char* tname(Target t) {
 
 }  // namespace
 
-TEST_CASE("convert_run equals f32(code)*scale rounded by the oracle, both paths", "[fp8][convert]") {
+TEST_CASE("convert_run equals f32(code)*scale rounded by the oracle, every kernel and path", "[fp8][convert]") {
   const float scales[] = {
       1.0f, -1.0f, 0.0f, -0.0f, 0.5f, 3.0f, 0.1f, 7.0f / 3.0f, 1e-3f,
       p2(-20), p2(-30), p2(-120), p2(-130), p2(-140), p2(-149),  // subnormal results
@@ -395,10 +397,12 @@ TEST_CASE("convert_run equals f32(code)*scale rounded by the oracle, both paths"
       146.25f,                                                   // 448*146.25 = 65520: f16 tie to inf
       1000.0f, 1e6f, 3e38f, std::numeric_limits<float>::max(),   // overflow
       oracle::inf(), oracle::qnan(), 0.0003906f};
-  const size_t lengths[] = {0, 1, 2, 7, 255, 1023, 1024, 1025, 2051, 4099};
+  // short runs, vector widths and their neighbours, both sides of the table path
+  const size_t lengths[] = {0, 1, 2, 7, 15, 16, 17, 33, 255, 1023, 1024, 1025, 2051, 4099};
   const struct { size_t in_off, out_off; } offsets[] = {{0, 0}, {1, 3}, {3, 1}};
   long calls = 0, bad = 0, clobbered = 0;
   std::string first;
+  for (fp8::Kernel kern : fp8::available_kernels())
   for (Dtype d : kFp8Types) {
     const auto lut = oracle::fp8_table(d);
     for (float scale : scales) {
@@ -415,7 +419,7 @@ TEST_CASE("convert_run equals f32(code)*scale rounded by the oracle, both paths"
               std::vector<uint8_t> in(off.in_off + n + 1);
               for (size_t i = 0; i < n; ++i) in[off.in_off + i] = uint8_t(((r * n + i) * 97 + 5) & 0xFF);
               std::vector<uint8_t> out(off.out_off + n * tb + 16, 0xAB);
-              fp8::convert_run(lut, in.data() + off.in_off, n, scale, t, out.data() + off.out_off, loss_sink);
+              fp8::convert_run(kern, d, in.data() + off.in_off, n, scale, t, out.data() + off.out_off, loss_sink);
               ++calls;
               for (size_t i = 0; i < n; ++i) {
                 const uint8_t c = in[off.in_off + i];
@@ -426,7 +430,8 @@ TEST_CASE("convert_run equals f32(code)*scale rounded by the oracle, both paths"
                       g |= uint64_t(out[off.out_off + i * tb + k]) << (8 * k);
                       w |= uint64_t(want[c][k]) << (8 * k);
                     }
-                    first += std::string(st::dtype_name(d)) + " code " + hex(c) + " scale " +
+                    first += std::string(fp8::kernel_name(kern)) + ": " + std::string(st::dtype_name(d)) +
+                             " code " + hex(c) + " scale " +
                              hex(oracle::bits(scale)) + " -> " + tname(t) + " n=" +
                              std::to_string(n) + ": got " + hex(g) + " want " + hex(w) + "; ";
                   }
@@ -447,7 +452,7 @@ TEST_CASE("convert_run equals f32(code)*scale rounded by the oracle, both paths"
 }
 
 TEST_CASE("convert_run hand-worked outputs", "[fp8][convert]") {
-  const auto& e4 = fp8::decode_table(Dtype::F8_E4M3);
+  const Dtype e4 = Dtype::F8_E4M3;
   const uint8_t in[] = {0x38, 0x40, 0x80, 0x7F, 0x7E};
   SECTION("BF16, scale 0.5") {
     uint8_t out[10];
@@ -553,15 +558,20 @@ TEST_CASE("convert_run counts overflow, underflow and NaN as the oracle rounds t
       {Dtype::F8_E5M2, 1e-38f, Target::BF16},   // underflow in bf16
       {Dtype::F8_E4M3FNUZ, 2.0f, Target::F32},  // nothing lost but the NaN code
       {Dtype::F8_E5M2, 1e-44f, Target::F32},    // f32 underflow (subnormal products round to 0)
+      {Dtype::F8_E4M3, 1e-44f, Target::F32},
+      {Dtype::F8_E4M3, 1e38f, Target::F32},     // f32 overflow
+      {Dtype::F8_E5M2, 300.0f, Target::F16},    // e5m2 inf codes stay inf: not counted
+      {Dtype::F8_E4M3, 1e-40f, Target::BF16},   // bf16 underflow
+      {Dtype::F8_E5M2, 0.0f, Target::BF16},     // every non-zero finite code underflows, inf*0 is NaN
+      {Dtype::F8_E4M3, oracle::inf(), Target::F16},  // 0*inf is NaN, the rest inf from finite
   };
   for (const auto& c : cases) {
     INFO(st::dtype_name(c.type) << " x " << c.scale);
-    const auto& lut = fp8::decode_table(c.type);
     uint64_t over = 0, under = 0, nan = 0;
     for (int code = 0; code < 256; ++code) {
       const float v = oracle::fp8_decode(oracle::fp8_format(c.type), uint8_t(code));
       const float p = oracle::mul_f32(v, c.scale);
-      if (std::isnan(v)) {
+      if (std::isnan(v) || std::isnan(p)) {  // a NaN code, or 0 * inf, inf * 0
         ++nan;
         continue;
       }
@@ -576,16 +586,94 @@ TEST_CASE("convert_run counts overflow, underflow and NaN as the oracle rounds t
     for (int rep = 0; rep < 5; ++rep)  // 1280 codes: the table path, and 200 on the direct path
       for (int code = 0; code < 256; ++code) in.push_back(uint8_t(code));
     std::vector<uint8_t> out(in.size() * 4);
-    fp8::Loss big, small;
-    fp8::convert_run(lut, in.data(), in.size(), c.scale, c.target, out.data(), big);
-    CHECK(big.overflow == 5 * over);
-    CHECK(big.underflow == 5 * under);
-    CHECK(big.nan == 5 * nan);
-    for (int k = 0; k < 5; ++k)
-      fp8::convert_run(lut, in.data() + 256 * k, 256, c.scale, c.target, out.data(), small);
-    CHECK(small.overflow == big.overflow);
-    CHECK(small.underflow == big.underflow);
-    CHECK(small.nan == big.nan);
-    if (c.scale > 100 || c.scale < 1e-5f) CHECK(big.overflow + big.underflow > 0);  // the case is not vacuous
+    for (fp8::Kernel kern : fp8::available_kernels()) {
+      INFO("kernel " << fp8::kernel_name(kern));
+      fp8::Loss big, small, odd;
+      fp8::convert_run(kern, c.type, in.data(), in.size(), c.scale, c.target, out.data(), big);
+      CHECK(big.overflow == 5 * over);
+      CHECK(big.underflow == 5 * under);
+      CHECK(big.nan == 5 * nan);
+      for (int k = 0; k < 5; ++k)
+        fp8::convert_run(kern, c.type, in.data() + 256 * k, 256, c.scale, c.target, out.data(), small);
+      CHECK(small.overflow == big.overflow);
+      CHECK(small.underflow == big.underflow);
+      CHECK(small.nan == big.nan);
+      // runs of 37 (vector body plus scalar tail) count the same
+      for (size_t k = 0; k < in.size(); k += 37)
+        fp8::convert_run(kern, c.type, in.data() + k, std::min<size_t>(37, in.size() - k), c.scale,
+                         c.target, out.data(), odd);
+      CHECK(odd.overflow == big.overflow);
+      CHECK(odd.underflow == big.underflow);
+      CHECK(odd.nan == big.nan);
+      if (c.scale > 100 || c.scale < 1e-5f) CHECK(big.overflow + big.underflow > 0);  // not vacuous
+    }
   }
+}
+
+TEST_CASE("every kernel gives the scalar kernel's bits and loss on random data", "[fp8][kernel]") {
+  // Random codes and scales (finite, subnormal, huge, zero, inf, NaN), odd
+  // lengths and unaligned starts of both buffers; the scalar kernel is the
+  // reference, itself checked against the oracle above.
+  std::mt19937_64 rng(20261130);
+  const auto kernels = fp8::available_kernels();
+  INFO("kernels on this CPU: " << kernels.size());
+  REQUIRE(kernels.front() == fp8::Kernel::Scalar);
+  const float special[] = {0.0f, -0.0f, oracle::inf(), oracle::qnan(), p2(-149), p2(-126), 3e38f, 146.25f};
+  long compared = 0, bad = 0, bad_loss = 0;
+  std::string first;
+  for (int trial = 0; trial < 400; ++trial) {
+    const Dtype d = trial % 2 ? Dtype::F8_E5M2 : Dtype::F8_E4M3;
+    const Target t = trial % 3 == 0 ? Target::BF16 : trial % 3 == 1 ? Target::F16 : Target::F32;
+    const size_t tb = fp8::target_bytes(t);
+    const size_t n = size_t(rng() % 3000) | 1;  // odd
+    const size_t in_off = rng() % 16, out_off = rng() % 16;
+    float scale;
+    if (trial % 8 == 7) scale = special[rng() % std::size(special)];
+    else scale = std::bit_cast<float>(uint32_t(rng()) & 0xBFFFFFFFu);  // any finite-ish exponent and sign
+    std::vector<uint8_t> in(in_off + n);
+    for (auto& b : in) b = uint8_t(rng());
+    std::vector<uint8_t> want(out_off + n * tb), got(out_off + n * tb);
+    fp8::Loss want_loss, got_loss;
+    fp8::convert_run(fp8::Kernel::Scalar, d, in.data() + in_off, n, scale, t, want.data() + out_off, want_loss);
+    for (fp8::Kernel k : kernels) {
+      std::fill(got.begin(), got.end(), uint8_t(0));
+      got_loss = {};
+      fp8::convert_run(k, d, in.data() + in_off, n, scale, t, got.data() + out_off, got_loss);
+      ++compared;
+      if (got != want) {
+        if (bad++ == 0)
+          first = std::string(fp8::kernel_name(k)) + " " + std::string(st::dtype_name(d)) + " -> " +
+                  tname(t) + " scale " + hex(oracle::bits(scale)) + " n=" + std::to_string(n);
+      }
+      bad_loss += got_loss.overflow != want_loss.overflow || got_loss.underflow != want_loss.underflow ||
+                  got_loss.nan != want_loss.nan;
+    }
+  }
+  INFO(first);
+  CHECK(compared >= 400);
+  CHECK(bad == 0);
+  CHECK(bad_loss == 0);
+}
+
+TEST_CASE("loss counts of long runs equal those of short runs", "[fp8][loss]") {
+  // A long run takes the table path and counts lossy codes in bulk (with
+  // counters flushed every 255 rows); runs of 100 take the per-element path.
+  std::mt19937 rng(7);
+  std::vector<uint8_t> in(70001);
+  for (auto& b : in) b = uint8_t(rng());
+  std::vector<uint8_t> out(in.size() * 4);
+  for (Dtype d : {Dtype::F8_E4M3, Dtype::F8_E5M2, Dtype::F8_E4M3FNUZ})
+    for (float scale : {1.0f, 1e-6f, 1e35f, 0.0f})
+      for (fp8::Kernel k : fp8::available_kernels()) {
+        INFO(st::dtype_name(d) << " scale " << scale << " kernel " << fp8::kernel_name(k));
+        fp8::Loss whole, pieces;
+        fp8::convert_run(k, d, in.data(), in.size(), scale, Target::F16, out.data(), whole);
+        for (size_t i = 0; i < in.size(); i += 100)
+          fp8::convert_run(fp8::Kernel::Scalar, d, in.data() + i, std::min<size_t>(100, in.size() - i),
+                           scale, Target::F16, out.data(), pieces);
+        CHECK(whole.nan > 0);
+        CHECK(whole.nan == pieces.nan);
+        CHECK(whole.overflow == pieces.overflow);
+        CHECK(whole.underflow == pieces.underflow);
+      }
 }
