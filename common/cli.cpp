@@ -127,7 +127,10 @@ void add_output_options(cxxopts::Options& o) {
       "no-verify", "do not read the file back to check it against the stream's checksums")(
       "strip-prefix", "remove P from the start of tensor names (e.g. model.diffusion_model.)",
       cxxopts::value<std::string>(), "P")("add-prefix", "put P before every tensor name (after --strip-prefix)",
-                                          cxxopts::value<std::string>(), "P");
+                                          cxxopts::value<std::string>(), "P")(
+      "shard-size", "write shards of at most SIZE bytes of tensors (5GB, 500MB, 2GiB) and an index into a folder",
+      cxxopts::value<std::string>(), "SIZE")("keep-sharding", "write one shard per input shard, as the input was split")(
+      "no-copy", "with a model folder as input, do not copy config.json and its other files");
   add_progress_options(o);
 }
 
@@ -139,8 +142,16 @@ pack::Options output_options(const cxxopts::ParseResult& r, const std::string& o
   opt.progress = progress_enabled(r);
   if (r.count("strip-prefix")) opt.strip_prefix = r["strip-prefix"].as<std::string>();
   if (r.count("add-prefix")) opt.add_prefix = r["add-prefix"].as<std::string>();
-  if (output == "-") refuse_binary_to_tty(opt.overwrite);
-  else io::check_output_path(output, opt.overwrite);  // before reading any input
+  if (r.count("shard-size")) opt.shard_size = pack::parse_size(r["shard-size"].as<std::string>());
+  opt.keep_sharding = r.count("keep-sharding") > 0;
+  opt.copy_files = r.count("no-copy") == 0;
+  if (opt.keep_sharding && opt.shard_size) usage_error("--shard-size and --keep-sharding do not go together");
+  if (output == "-") {
+    if (opt.shard_size || opt.keep_sharding) usage_error("shards cannot go to stdout; give an output folder");
+    refuse_binary_to_tty(opt.overwrite);
+  } else if (!pack::sharded(opt)) {
+    io::check_output_path(output, opt.overwrite);  // before reading any input
+  }
   return opt;
 }
 

@@ -92,6 +92,9 @@ stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matchi
   stream::Manifest om;
   om.producer = std::string("st-dequant ") + ST_VERSION;
   om.metadata = m.metadata;
+  om.shards = m.shards;
+  om.model_dir = m.model_dir;
+  om.converted_to = fp8::target_dtype(target);
   if (om.metadata)
     for (const auto& e : mt.metadata_edits) {
       auto& md = *om.metadata;

@@ -116,6 +116,20 @@ std::string encode_manifest(const Manifest& m) {
     key(w, "quantization_config");
     w.RawValue(m.quantization_config.data(), m.quantization_config.size(), rapidjson::kObjectType);
   }
+  if (!m.shards.empty()) {
+    key(w, "shards");
+    w.StartArray();
+    for (const auto& f : m.shards) put(w, f);
+    w.EndArray();
+  }
+  if (!m.model_dir.empty()) {
+    key(w, "model_dir");
+    put(w, m.model_dir);
+  }
+  if (m.converted_to) {
+    key(w, "converted_to");
+    put(w, dtype_name(*m.converted_to));
+  }
   if (m.matching) {
     const Matching& mt = *m.matching;
     key(w, "matching");
@@ -260,6 +274,19 @@ Manifest decode_manifest(std::string_view json) {
     rapidjson::Writer<rapidjson::StringBuffer> qw(qb);
     it->value.Accept(qw);
     m.quantization_config.assign(qb.GetString(), qb.GetSize());
+  }
+
+  if (auto it = doc.FindMember("shards"); it != doc.MemberEnd()) {
+    if (!it->value.IsArray()) bad("shards is not an array");
+    for (const Value& f : it->value.GetArray()) m.shards.push_back(get_string(f, "a shard"));
+  }
+  if (auto it = doc.FindMember("model_dir"); it != doc.MemberEnd()) m.model_dir = get_string(it->value, "model_dir");
+  if (auto it = doc.FindMember("converted_to"); it != doc.MemberEnd()) {
+    const std::string n = get_string(it->value, "converted_to");
+    auto d = dtype_from_name(n);
+    if (!d || (*d != Dtype::BF16 && *d != Dtype::F16 && *d != Dtype::F32))
+      bad("converted_to is not BF16, F16 or F32: " + json::quote(n));
+    m.converted_to = *d;
   }
 
   if (auto it = doc.FindMember("matching"); it != doc.MemberEnd()) {

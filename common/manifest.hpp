@@ -73,6 +73,13 @@ struct Manifest {
   // source had one beside it (compact JSON text).
   std::string quantization_config;
   std::optional<Matching> matching;
+  // A model read from several files: the files in order (tensors name theirs
+  // in `source`), and the model folder when st-list was given a folder or an
+  // index (st-pack copies its other files). Empty for a single file.
+  std::vector<std::string> shards;
+  std::string model_dir;
+  // The dtype st-dequant converted FP8 weights to (config.json's torch_dtype).
+  std::optional<Dtype> converted_to;
 
   // Index of a tensor by name, or -1.
   long find(const std::string& name) const;

@@ -2,6 +2,7 @@
 
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
+#include <rapidjson/prettywriter.h>
 #include <rapidjson/writer.h>
 #include <sys/stat.h>
 
@@ -72,6 +73,40 @@ QuantSizes quant_sizes(const std::string& qc) {
     }
   }
   return out;
+}
+
+namespace {
+
+void strip_quantization(rapidjson::Value& v) {
+  if (v.IsObject()) {
+    v.RemoveMember("quantization_config");  // keeps the order of the others
+    for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it) strip_quantization(it->value);
+  } else if (v.IsArray()) {
+    for (auto& e : v.GetArray()) strip_quantization(e);
+  }
+}
+
+}  // namespace
+
+std::string converted_config(const std::string& path, const std::string& text, const std::string& torch_dtype) {
+  rapidjson::Document doc;
+  if (json::within_depth(text))  // full precision: every number written back as it was read
+    doc.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseFullPrecisionFlag>(text.data(), text.size());
+  if (!json::within_depth(text) || doc.HasParseError() || !doc.IsObject()) fail(path + ": not a valid JSON object");
+  strip_quantization(doc);
+  auto set = [&](const char* key) {
+    rapidjson::Value v(torch_dtype.c_str(), static_cast<rapidjson::SizeType>(torch_dtype.size()), doc.GetAllocator());
+    if (auto it = doc.FindMember(key); it != doc.MemberEnd()) it->value = v;
+    else doc.AddMember(rapidjson::Value(key, doc.GetAllocator()), v, doc.GetAllocator());
+  };
+  const bool has_dtype = doc.HasMember("dtype");
+  if (doc.HasMember("torch_dtype") || !has_dtype) set("torch_dtype");
+  if (has_dtype) set("dtype");
+  rapidjson::StringBuffer sb;
+  rapidjson::PrettyWriter<rapidjson::StringBuffer> w(sb);
+  w.SetIndent(' ', 2);
+  doc.Accept(w);
+  return std::string(sb.GetString(), sb.GetSize()) + "\n";
 }
 
 }  // namespace st::model_config

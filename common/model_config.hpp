@@ -23,4 +23,11 @@ struct QuantSizes {
 // Block and group sizes named by a quantization_config ("" gives none).
 QuantSizes quant_sizes(const std::string& quantization_config);
 
+// config.json for the converted model: quantization_config removed (also in
+// a nested text_config/...: any object member of that name), torch_dtype
+// set to `torch_dtype` ("bfloat16", ...) and `dtype` too where present;
+// every other member unchanged, in its order; two-space indent and a final
+// newline. `path` names the file in errors.
+std::string converted_config(const std::string& path, const std::string& text, const std::string& torch_dtype);
+
 }  // namespace st::model_config

@@ -1,6 +1,7 @@
 #include "output_file.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -9,6 +10,7 @@
 
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 
 #include "error.hpp"
@@ -18,20 +20,38 @@ namespace st::io {
 
 namespace {
 
-// The one temporary file a process may have open, for the signal handler
-// (which may only call async-signal-safe functions: unlink, raise).
-char g_temp[PATH_MAX + 1];
-volatile sig_atomic_t g_have_temp = 0;
+// The temporary files this process has open, for the signal handler, which
+// may only call async-signal-safe functions (unlink, raise): a fixed table
+// of paths changed only with the signals blocked. Sharded output has one
+// temporary file per shard.
+constexpr size_t kMaxTemps = 4096;
+char* g_temps[kMaxTemps];
+size_t g_open_temps = 0;  // handlers are installed while this is non-zero
 constexpr int kSignals[] = {SIGINT, SIGTERM, SIGHUP};
 struct sigaction g_old[3];
 bool g_installed[3];
 
 extern "C" void on_signal(int sig) {
-  if (g_have_temp) ::unlink(g_temp);
-  g_have_temp = 0;
+  for (char*& p : g_temps)
+    if (p) ::unlink(p);
   ::signal(sig, SIG_DFL);
   ::raise(sig);
 }
+
+// Blocks the signals above for its lifetime (in this thread).
+class SignalBlock {
+ public:
+  SignalBlock() {
+    sigset_t block;
+    sigemptyset(&block);
+    for (int s : kSignals) sigaddset(&block, s);
+    ::pthread_sigmask(SIG_BLOCK, &block, &old_);
+  }
+  ~SignalBlock() { ::pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+
+ private:
+  sigset_t old_;
+};
 
 void install_handlers() {
   struct sigaction sa{};
@@ -68,7 +88,7 @@ void check_output_path(const std::string& target, bool overwrite) {
   if (target.empty()) usage_error("empty output path");
   struct stat sb;
   if (::stat(target.c_str(), &sb) == 0) {
-    if (S_ISDIR(sb.st_mode)) fail(target + ": is a directory");
+    if (S_ISDIR(sb.st_mode)) fail(target + ": is a directory (for shards in it, write " + target + "/)");
     if (!overwrite) fail(target + ": already exists; not overwritten (use -f to replace it)");
   }
   const std::string dir = dir_of(target);
@@ -80,23 +100,28 @@ AtomicOutput::AtomicOutput(const std::string& target, bool overwrite) : target_(
   check_output_path(target, overwrite);
   temp_ = dir_of(target) + "/." + base_of(target) + ".st-pack-XXXXXX";
   if (temp_.size() > PATH_MAX) fail(target + ": path too long");
-  std::strcpy(g_temp, temp_.c_str());
-  install_handlers();  // before the file exists, so no signal can leave it behind
-  sigset_t block, old;
-  sigemptyset(&block);
-  for (int s : kSignals) sigaddset(&block, s);
-  ::sigprocmask(SIG_BLOCK, &block, &old);
-  fd_ = ::mkstemp(g_temp);
-  const int err = errno;
-  if (fd_ >= 0) {
-    temp_ = g_temp;
-    g_have_temp = 1;
+  int err = 0;
+  {
+    const SignalBlock blocked;  // no signal between creating the file and registering it
+    size_t free_slot = 0;
+    while (free_slot < kMaxTemps && g_temps[free_slot]) ++free_slot;
+    if (free_slot == kMaxTemps) fail(target + ": too many output files at once");
+    char* path = ::strdup(temp_.c_str());
+    if (!path) fail(target + ": out of memory");
+    if (g_open_temps == 0) install_handlers();
+    fd_ = ::mkstemp(path);
+    err = errno;
+    if (fd_ >= 0) {
+      temp_ = path;
+      g_temps[free_slot] = path;
+      slot_ = static_cast<long>(free_slot);
+      ++g_open_temps;
+    } else {
+      std::free(path);
+      if (g_open_temps == 0) restore_handlers();
+    }
   }
-  ::sigprocmask(SIG_SETMASK, &old, nullptr);
-  if (fd_ < 0) {
-    restore_handlers();
-    fail(target + ": cannot create a temporary file in " + dir_of(target) + ": " + errno_text(err));
-  }
+  if (fd_ < 0) fail(target + ": cannot create a temporary file in " + dir_of(target) + ": " + errno_text(err));
   // mkstemp makes 0600; a finished file gets the usual 0666 & ~umask.
   const mode_t mask = ::umask(0);
   ::umask(mask);
@@ -108,12 +133,22 @@ AtomicOutput::~AtomicOutput() { cleanup(); }
 void AtomicOutput::cleanup() noexcept {
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
-  if (!committed_ && g_have_temp) {
-    g_have_temp = 0;
-    ::unlink(temp_.c_str());
+  if (slot_ < 0) return;
+  char* path = nullptr;
+  {
+    const SignalBlock blocked;
+    path = g_temps[slot_];
+    g_temps[slot_] = nullptr;
+    slot_ = -1;
+    if (--g_open_temps == 0) restore_handlers();
   }
-  if (!temp_.empty()) restore_handlers();
-  temp_.clear();
+  if (!committed_) ::unlink(path);
+  std::free(path);
+}
+
+void AtomicOutput::uncommit() noexcept {
+  if (committed_ && !uncommitted_) ::unlink(target_.c_str());
+  uncommitted_ = true;
 }
 
 void AtomicOutput::reserve(uint64_t bytes) {
@@ -209,7 +244,6 @@ void AtomicOutput::commit() {
     if (::rename(temp_.c_str(), target_.c_str()) != 0) fail(target_ + ": cannot rename into place: " + errno_text(errno));
   }
   committed_ = true;
-  g_have_temp = 0;
   const int dfd = ::open(dir_of(target_).c_str(), O_RDONLY | O_CLOEXEC);
   if (dfd >= 0) {
     ::fsync(dfd);  // best effort: make the rename durable

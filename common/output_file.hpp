@@ -47,6 +47,9 @@ class AtomicOutput {
   // fsync, then move into place (refusing to replace a file that appeared
   // meanwhile unless overwrite), then fsync the directory.
   void commit();
+  // Removes the committed target again (a set of files that failed to
+  // commit as a whole); only for a target that did not exist before.
+  void uncommit() noexcept;
 
  private:
   void cleanup() noexcept;
@@ -58,6 +61,8 @@ class AtomicOutput {
   bool overwrite_;
   int fd_ = -1;
   bool committed_ = false;
+  bool uncommitted_ = false;
+  long slot_ = -1;  // in the signal handler's table of temporary files
 };
 
 // Checks that `target` may be written (for a fail-fast check before reading

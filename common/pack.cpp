@@ -1,5 +1,6 @@
 #include "pack.hpp"
 
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -7,9 +8,18 @@
 #include <algorithm>
 #include <cstring>
 #include <unordered_map>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <cctype>
+#include <cstdio>
 
 #include "cli.hpp"
 #include "error.hpp"
+#include "io.hpp"
+#include "json_util.hpp"
+#include "model_config.hpp"
+#include "model_input.hpp"
 #include "output_file.hpp"
 #include "progress.hpp"
 #include "safetensors.hpp"
@@ -100,41 +110,310 @@ void refuse_source_as_output(const stream::Manifest& m, const std::string& outpu
   }
 }
 
+bool sharded(const Options& opt) {
+  if (opt.output == "-") return false;
+  if (opt.shard_size > 0 || opt.keep_sharding) return true;
+  // A folder must be said with a trailing '/': a plain existing folder is
+  // more likely a mistake ("is a directory", as for a single file).
+  return !opt.output.empty() && opt.output.back() == '/';
+}
+
+uint64_t parse_size(const std::string& text) {
+  size_t i = 0;
+  uint64_t n = 0;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+    if (n > (UINT64_MAX - 9) / 10) usage_error("size too large: " + text);
+    n = n * 10 + static_cast<uint64_t>(text[i++] - '0');
+  }
+  if (i == 0) usage_error("not a size: '" + text + "' (e.g. 5GB, 500MB, 2GiB)");
+  std::string unit = text.substr(i);
+  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  static const std::pair<const char*, uint64_t> units[] = {
+      {"", 1},           {"B", 1},
+      {"KB", 1000},      {"MB", 1000'000},      {"GB", 1000'000'000},      {"TB", 1000'000'000'000},
+      {"KIB", 1ull << 10}, {"MIB", 1ull << 20}, {"GIB", 1ull << 30}, {"TIB", 1ull << 40}};
+  for (const auto& [name, factor] : units)
+    if (unit == name) {
+      if (n > UINT64_MAX / factor) usage_error("size too large: " + text);
+      if (n * factor == 0) usage_error("the shard size must be positive: " + text);
+      return n * factor;
+    }
+  usage_error("unknown size unit in '" + text + "' (use KB, MB, GB, TB, or KiB, MiB, GiB, TiB)");
+}
+
+namespace {
+
+// What a sharded output writes, planned from the manifest before any data.
+struct ShardPlan {
+  std::string path;
+  std::vector<size_t> tensors;  // manifest indices
+  Layout layout;                // offsets by position in `tensors`
+  uint64_t size() const { return layout.header.size() + layout.data_bytes; }
+};
+
+struct ExtraFile {
+  std::string target;
+  std::string source;    // copy this file ...
+  std::string contents;  // ... or write these bytes
+};
+
+struct OutputPlan {
+  std::string dir;  // for sharded output
+  std::vector<ShardPlan> shards;
+  std::vector<uint32_t> shard_of;  // manifest index -> shard
+  std::vector<uint64_t> offset;    // manifest index -> data offset in its shard
+  std::vector<ExtraFile> extras;   // index, config.json, copied files
+};
+
+std::string join(const std::string& dir, const std::string& name) {
+  return dir.empty() || dir == "." ? name : (dir.back() == '/' ? dir + name : dir + "/" + name);
+}
+
+std::string torch_dtype_name(Dtype d) {
+  switch (d) {
+    case Dtype::F16: return "float16";
+    case Dtype::F32: return "float32";
+    default: return "bfloat16";
+  }
+}
+
+// Groups of manifest indices, one per shard.
+std::vector<std::vector<size_t>> split(const stream::Manifest& m, const Options& opt) {
+  std::vector<std::vector<size_t>> groups;
+  if (opt.keep_sharding) {
+    // One output shard per input shard that still has tensors, in input order.
+    std::vector<std::string> order = m.shards;
+    for (const auto& t : m.tensors)
+      if (std::find(order.begin(), order.end(), t.source) == order.end()) order.push_back(t.source);
+    groups.resize(order.size());
+    for (size_t i = 0; i < m.tensors.size(); ++i)
+      groups[static_cast<size_t>(std::find(order.begin(), order.end(), m.tensors[i].source) - order.begin())].push_back(i);
+    groups.erase(std::remove_if(groups.begin(), groups.end(), [](const auto& g) { return g.empty(); }), groups.end());
+  } else {
+    // Hugging Face's split_state_dict_into_shards: greedy in order; a tensor
+    // larger than the limit gets a shard of its own, appended at once.
+    const uint64_t limit = opt.shard_size ? opt.shard_size : kDefaultShardSize;
+    std::vector<size_t> current;
+    uint64_t current_bytes = 0;
+    for (size_t i = 0; i < m.tensors.size(); ++i) {
+      const uint64_t n = m.tensors[i].nbytes;
+      if (n > limit) {
+        groups.push_back({i});
+        continue;
+      }
+      if (current_bytes + n > limit && !current.empty()) {
+        groups.push_back(std::move(current));
+        current.clear();
+        current_bytes = 0;
+      }
+      current.push_back(i);
+      current_bytes += n;
+    }
+    if (!current.empty()) groups.push_back(std::move(current));
+  }
+  if (groups.empty()) groups.emplace_back();  // a model with no tensors is one empty file
+  return groups;
+}
+
+std::string index_json(const stream::Manifest& m, const OutputPlan& p, const Options& opt) {
+  std::vector<std::pair<std::string, std::string>> entries;
+  uint64_t total = 0;
+  for (const auto& sh : p.shards) {
+    const std::string file = model_input::base_name(sh.path);
+    for (size_t i : sh.tensors) {
+      entries.emplace_back(renamed(m.tensors[i].name, opt), file);
+      total += m.tensors[i].nbytes;
+    }
+  }
+  std::sort(entries.begin(), entries.end());
+  // As transformers writes it: sorted keys, two-space indent, final newline.
+  std::string j = "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(total) + "\n  },\n  \"weight_map\": {";
+  for (size_t k = 0; k < entries.size(); ++k) {
+    j += k ? ",\n    " : "\n    ";
+    json::append_json_string(j, entries[k].first);
+    j += ": ";
+    json::append_json_string(j, entries[k].second);
+  }
+  j += entries.empty() ? "}\n}\n" : "\n  }\n}\n";
+  return j;
+}
+
+OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
+  OutputPlan p;
+  plan(m, false, opt);  // checks the renamed names of the whole model once
+  p.shard_of.assign(m.tensors.size(), 0);
+  p.offset.assign(m.tensors.size(), 0);
+  if (!sharded(opt)) {
+    ShardPlan sh;
+    sh.path = opt.output;
+    for (size_t i = 0; i < m.tensors.size(); ++i) sh.tensors.push_back(i);
+    sh.layout = plan(m, true, opt);
+    p.offset = sh.layout.offset;
+    p.shards.push_back(std::move(sh));
+    return p;
+  }
+  // OUTDIR/ (shards named model-*) or DIR/NAME.safetensors (NAME-*).
+  std::string prefix = "model";
+  p.dir = opt.output;
+  struct stat sb;
+  const bool is_dir = ::stat(opt.output.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode);
+  if (!is_dir && opt.output.back() != '/' && model_input::ends_with(opt.output, ".safetensors")) {
+    p.dir = model_input::dir_name(opt.output);
+    prefix = model_input::base_name(opt.output);
+    prefix.resize(prefix.size() - std::string(".safetensors").size());
+  }
+  while (p.dir.size() > 1 && p.dir.back() == '/') p.dir.pop_back();
+  const auto groups = split(m, opt);
+  const size_t n = groups.size();
+  for (size_t s = 0; s < n; ++s) {
+    ShardPlan sh;
+    char suffix[32];
+    std::snprintf(suffix, sizeof suffix, "-%05zu-of-%05zu", s + 1, n);
+    sh.path = join(p.dir, prefix + (n == 1 ? "" : suffix) + ".safetensors");
+    sh.tensors = groups[s];
+    stream::Manifest part;
+    part.metadata = m.metadata;
+    for (size_t i : sh.tensors) part.tensors.push_back(m.tensors[i]);
+    sh.layout = plan(part, true, opt);
+    for (size_t k = 0; k < sh.tensors.size(); ++k) {
+      p.shard_of[sh.tensors[k]] = static_cast<uint32_t>(s);
+      p.offset[sh.tensors[k]] = sh.layout.offset[k];
+    }
+    p.shards.push_back(std::move(sh));
+  }
+  if (n > 1) p.extras.push_back({join(p.dir, prefix + ".safetensors.index.json"), "", index_json(m, p, opt)});
+  // A model folder: its config.json (converted) and other files come along.
+  if (!m.model_dir.empty() && opt.copy_files) {
+    std::vector<std::string> names;
+    if (DIR* d = ::opendir(m.model_dir.c_str())) {
+      while (const dirent* e = ::readdir(d)) names.emplace_back(e->d_name);
+      ::closedir(d);
+    } else {
+      fail(m.model_dir + ": cannot read the model folder: " + io::errno_text(errno));
+    }
+    std::sort(names.begin(), names.end());
+    for (const auto& name : names) {
+      const std::string src = join(m.model_dir, name);
+      struct stat fs;
+      if (name.empty() || name[0] == '.' || ::stat(src.c_str(), &fs) != 0 || !S_ISREG(fs.st_mode)) continue;
+      if (model_input::ends_with(name, ".safetensors") || model_input::ends_with(name, ".safetensors.index.json")) continue;
+      const std::string target = join(p.dir, name);
+      if (name == "config.json" && m.converted_to) {
+        std::ifstream f(src, std::ios::binary);
+        std::stringstream text;
+        text << f.rdbuf();
+        if (!f) fail(src + ": cannot read");
+        p.extras.push_back({target, "", model_config::converted_config(src, text.str(), torch_dtype_name(*m.converted_to))});
+      } else {
+        p.extras.push_back({target, src, ""});
+      }
+    }
+  }
+  return p;
+}
+
+std::vector<std::string> planned_files(const OutputPlan& p) {
+  std::vector<std::string> files;
+  for (const auto& sh : p.shards) files.push_back(sh.path);
+  for (const auto& e : p.extras) files.push_back(e.target);
+  return files;
+}
+
+// Creates the output folder if needed (its parent must exist); removes it
+// again on failure when it was created here and is still empty.
+class OutputDir {
+ public:
+  explicit OutputDir(const std::string& dir) : dir_(dir) {
+    if (dir.empty()) return;
+    struct stat sb;
+    if (::stat(dir.c_str(), &sb) == 0) {
+      if (!S_ISDIR(sb.st_mode)) fail(dir + ": exists and is not a folder");
+      return;
+    }
+    if (::mkdir(dir.c_str(), 0777) != 0) fail(dir + ": cannot create the output folder: " + io::errno_text(errno));
+    created_ = true;
+  }
+  ~OutputDir() {
+    if (created_ && !keep_) ::rmdir(dir_.c_str());  // fails harmlessly if not empty
+  }
+  void keep() { keep_ = true; }
+
+ private:
+  std::string dir_;
+  bool created_ = false;
+  bool keep_ = false;
+};
+
+}  // namespace
 
 uint64_t output_size(const stream::Manifest& m, const Options& opt) {
-  const Layout l = plan(m, opt.output != "-", opt);
-  return l.header.size() + l.data_bytes;
+  if (opt.output == "-") {
+    const Layout l = plan(m, false, opt);
+    return l.header.size() + l.data_bytes;
+  }
+  uint64_t total = 0;
+  for (const auto& sh : plan_outputs(m, opt).shards) total += sh.size();
+  return total;
+}
+
+size_t output_files(const stream::Manifest& m, const Options& opt) {
+  return opt.output == "-" ? 1 : plan_outputs(m, opt).shards.size();
+}
+
+void check_output(const stream::Manifest& m, const Options& opt) {
+  if (opt.output == "-") return;
+  const OutputPlan p = plan_outputs(m, opt);
+  if (!p.dir.empty()) {
+    struct stat sb;
+    if (::stat(p.dir.c_str(), &sb) == 0 && !S_ISDIR(sb.st_mode)) fail(p.dir + ": exists and is not a folder");
+    if (::stat(p.dir.c_str(), &sb) != 0) {
+      const std::string parent = model_input::dir_name(p.dir);
+      if (::access(parent.c_str(), W_OK) != 0)
+        fail(p.dir + ": cannot create the output folder in " + parent + ": " + io::errno_text(errno));
+      return;  // a new folder: nothing in it to replace
+    }
+  }
+  for (const auto& f : planned_files(p)) {
+    io::check_output_path(f, opt.overwrite);
+    refuse_source_as_output(m, f);
+  }
 }
 
 Result run(stream::Reader& in, const Options& opt) {
   if (opt.output == "-") return to_stdout(in, opt);
   const stream::Manifest& m = in.manifest();
-  refuse_source_as_output(m, opt.output);
-  const Layout l = plan(m, true, opt);
-  const uint64_t data_start = l.header.size();
-  const uint64_t total = data_start + l.data_bytes;
+  const OutputPlan p = plan_outputs(m, opt);
+  check_output(m, opt);  // every file of the set, before any data is read
+  OutputDir dir(p.dir);
 
-  io::AtomicOutput file(opt.output, opt.overwrite);
-  file.reserve(total);
-  file.pwrite_all(0, l.header.data(), l.header.size());
-  // Where each checked chunk went, to read it back: 24 bytes per 4 MiB.
+  std::vector<std::unique_ptr<io::AtomicOutput>> files;
+  uint64_t data_total = 0;
+  for (const auto& sh : p.shards) {
+    files.push_back(std::make_unique<io::AtomicOutput>(sh.path, opt.overwrite));
+    files.back()->reserve(sh.size());
+    files.back()->pwrite_all(0, sh.layout.header.data(), sh.layout.header.size());
+    data_total += sh.layout.data_bytes;
+  }
+  // Where each checked chunk went, to read it back: 32 bytes per 4 MiB.
   struct Chunk {
+    uint32_t shard;
     uint64_t pos, len, hash;
   };
   std::vector<Chunk> chunks;
   constexpr uint64_t kWritebackBytes = 64u << 20;
   uint64_t unwritten = 0;
-  cli::Progress progress(cli::tool_name(), opt.progress, l.data_bytes);
+  cli::Progress progress(cli::tool_name(), opt.progress, data_total);
   for (;;) {
     const Event ev = in.next();  // checks every frame and data checksum
     if (ev.kind == Event::Kind::End) break;
     if (ev.kind == Event::Kind::Data) {
-      const uint64_t pos = data_start + l.offset[ev.tensor] + ev.offset;
-      file.pwrite_all(pos, ev.data.data(), ev.data.size());
-      if (opt.verify) chunks.push_back({pos, ev.data.size(), ev.hash});
+      const uint32_t s = p.shard_of[ev.tensor];
+      const uint64_t pos = p.shards[s].layout.header.size() + p.offset[ev.tensor] + ev.offset;
+      files[s]->pwrite_all(pos, ev.data.data(), ev.data.size());
+      if (opt.verify) chunks.push_back({s, pos, ev.data.size(), ev.hash});
       progress.add(ev.data.size());
       if ((unwritten += ev.data.size()) >= kWritebackBytes) {
-        file.start_writeback();  // overlap the disk writes with the stream
+        files[s]->start_writeback();  // overlap the disk writes with the stream
         unwritten = 0;
       }
     }
@@ -142,23 +421,56 @@ Result run(stream::Reader& in, const Options& opt) {
   progress.finish();
 
   if (opt.verify) {
-    // Read back what the file now holds and compare with the stream's checksums.
-    std::vector<uint8_t> buf(std::max<size_t>(l.header.size(), stream::kMaxChunkBytes));
-    file.pread_all(0, buf.data(), l.header.size());
-    if (std::memcmp(buf.data(), l.header.data(), l.header.size()) != 0)
-      fail(opt.output + ": verification failed: the header read back differs from the one written");
-    cli::Progress checking(cli::tool_name() + " (verifying)", opt.progress, l.data_bytes);
+    // Read back what the files now hold and compare with the stream's checksums.
+    size_t biggest_header = 0;
+    for (const auto& sh : p.shards) biggest_header = std::max(biggest_header, sh.layout.header.size());
+    std::vector<uint8_t> buf(std::max<size_t>(biggest_header, stream::kMaxChunkBytes));
+    for (size_t s = 0; s < p.shards.size(); ++s) {
+      const auto& header = p.shards[s].layout.header;
+      files[s]->pread_all(0, buf.data(), header.size());
+      if (std::memcmp(buf.data(), header.data(), header.size()) != 0)
+        fail(p.shards[s].path + ": verification failed: the header read back differs from the one written");
+    }
+    cli::Progress checking(cli::tool_name() + " (verifying)", opt.progress, data_total);
     for (const Chunk& c : chunks) {
-      file.with_bytes(c.pos, c.len, buf, [&](const uint8_t* p) {
-        if (XXH3_64bits(p, c.len) != c.hash)
-          fail(opt.output + ": verification failed: bytes read back at offset " + std::to_string(c.pos) +
+      files[c.shard]->with_bytes(c.pos, c.len, buf, [&](const uint8_t* q) {
+        if (XXH3_64bits(q, c.len) != c.hash)
+          fail(p.shards[c.shard].path + ": verification failed: bytes read back at offset " + std::to_string(c.pos) +
                " differ from the stream");
       });
       checking.add(c.len);
     }
     checking.finish();
   }
-  file.commit();
+  // The index, config.json and the model folder's other files.
+  for (const auto& e : p.extras) {
+    files.push_back(std::make_unique<io::AtomicOutput>(e.target, opt.overwrite));
+    io::AtomicOutput& f = *files.back();
+    if (e.source.empty()) {
+      f.pwrite_all(0, e.contents.data(), e.contents.size());
+      continue;
+    }
+    const io::InputFile src(e.source);
+    std::vector<uint8_t> buf(std::min<uint64_t>(src.size(), 4u << 20));
+    for (uint64_t off = 0; off < src.size();) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), src.size() - off));
+      src.pread_exact(off, buf.data(), n);
+      f.pwrite_all(off, buf.data(), n);
+      off += n;
+    }
+  }
+  // Into place as a set: if one cannot be committed, the ones already in
+  // place are removed again (they did not exist before, or -f was given).
+  size_t committed = 0;
+  try {
+    for (; committed < files.size(); ++committed) files[committed]->commit();
+  } catch (...) {
+    for (size_t k = 0; k < committed; ++k) files[k]->uncommit();
+    throw;
+  }
+  dir.keep();
+  uint64_t total = 0;
+  for (const auto& sh : p.shards) total += sh.size();
   return {m.tensors.size(), total};
 }
 

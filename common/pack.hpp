@@ -17,7 +17,22 @@ struct Options {
   bool progress = false;
   std::string strip_prefix;  // removed from names that start with it
   std::string add_prefix;    // then put before every name
+  // Sharded output (docs/sharding.md): --shard-size (0: not given),
+  // --keep-sharding, and --no-copy (copy_files false).
+  uint64_t shard_size = 0;
+  bool keep_sharding = false;
+  bool copy_files = true;
 };
+
+// Hugging Face's default shard size (huggingface_hub "5GB").
+constexpr uint64_t kDefaultShardSize = 5'000'000'000ull;
+
+// Whether `opt` writes a set of shards (a folder, a trailing '/', or a
+// shard option) rather than one file.
+bool sharded(const Options& opt);
+// "5GB", "500MB", "2GiB", "100" (bytes): decimal units as Hugging Face
+// parses them, binary ones with "i"; a usage error otherwise.
+uint64_t parse_size(const std::string& text);
 
 struct Result {
   uint64_t tensors = 0;
@@ -29,7 +44,13 @@ Result run(stream::Reader& in, const Options& opt);
 // Fails when `output` is one of the manifest's source files (same inode).
 void refuse_source_as_output(const stream::Manifest& m, const std::string& output);
 
-// The size of the file run() would write for this manifest.
+// The bytes run() would write for this manifest (all shards, without the
+// index and copied files), and the number of shard files.
 uint64_t output_size(const stream::Manifest& m, const Options& opt);
+size_t output_files(const stream::Manifest& m, const Options& opt);
+
+// The files a sharded or single-file output would create, checked before
+// any data is read: each may be written (absent, or -f). Fails naming one.
+void check_output(const stream::Manifest& m, const Options& opt);
 
 }  // namespace st::pack

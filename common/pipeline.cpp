@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <exception>
@@ -11,16 +12,30 @@
 
 #include "error.hpp"
 #include "output_file.hpp"
+#include "model_input.hpp"
 #include "source.hpp"
 
 namespace st::pipeline {
 
 std::string default_output(const std::string& input, fp8::Target t) {
+  std::string suffix = "-";  // (not "-" + std::string: GCC 12 warns falsely of -Wrestrict)
+  suffix += fp8::target_suffix(t);
+  // A model folder (or its index) becomes a folder beside it.
+  struct stat sb;
+  std::string folder;
+  if (::stat(input.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode)) folder = input;
+  else if (model_input::ends_with(input, ".json")) folder = model_input::dir_name(input);
+  if (!folder.empty()) {
+    while (folder.size() > 1 && folder.back() == '/') folder.pop_back();
+    if (folder == "." || folder == ".." || folder == "/")
+      usage_error("give the output folder (there is no name beside " + input + " to derive it from)");
+    return folder + suffix + "/";
+  }
   const std::string ext = ".safetensors";
   std::string stem = input;
   if (stem.size() > ext.size() && stem.compare(stem.size() - ext.size(), ext.size(), ext) == 0)
     stem.resize(stem.size() - ext.size());
-  return stem + "-" + std::string(fp8::target_suffix(t)) + ext;
+  return stem + suffix + ext;
 }
 
 namespace {
@@ -54,7 +69,9 @@ std::thread stage(std::exception_ptr& err, int fd_a, int fd_b, F f) {
 }  // namespace
 
 void convert(const std::string& input, const dequant::Options& dq, const pack::Options& pk, const dequant::Warn& warn) {
-  if (pk.output != "-") io::check_output_path(pk.output, pk.overwrite);  // before reading gigabytes
+  // Before reading gigabytes (st-pack checks every file of a sharded output
+  // when the manifest arrives, before any data).
+  if (pk.output != "-" && !pack::sharded(pk)) io::check_output_path(pk.output, pk.overwrite);
   const source::SafetensorsSource src(input);       // a bad header fails here, with nothing started
   ::signal(SIGPIPE, SIG_IGN);  // a stage that dies must not kill the process: its error is reported
   Pipe a, b;
@@ -102,14 +119,16 @@ void dry_run(const std::string& input, const dequant::Options& dq, const pack::O
   dequant::check_problems(mt, dq);
   const stream::Manifest om = dequant::output_manifest(m, mt, dq.target);
   const uint64_t size = pack::output_size(om, pk);  // fails on a rename collision, before any output
-  if (pk.output != "-") {
-    io::check_output_path(pk.output, pk.overwrite);
-    pack::refuse_source_as_output(m, pk.output);
-  }
+  pack::check_output(om, pk);
+  if (pk.output != "-" && !pack::sharded(pk)) pack::refuse_source_as_output(m, pk.output);
   const std::string target(fp8::target_suffix(dq.target));
   out << "Dry run: nothing is written.\n";
-  out << "input:  " << input << " (" << m.tensors.size() << " tensors, " << src.file().size() << " bytes)\n";
-  out << "output: " << pk.output << " (" << om.tensors.size() << " tensors, " << size << " bytes)\n";
+  out << "input:  " << input << " (" << m.tensors.size() << " tensors, " << src.input_bytes() << " bytes";
+  if (src.files().size() > 1) out << " in " << src.files().size() << " files";
+  out << ")\n";
+  out << "output: " << pk.output << " (" << om.tensors.size() << " tensors, " << size << " bytes";
+  if (const size_t files = pack::output_files(om, pk); files > 1) out << " in " << files << " files";
+  out << ")\n";
   out << "\nconverted to " << target << ": " << mt.pairs.size() << '\n';
   for (const auto& p : mt.pairs) {
     const auto& w = m.tensors[static_cast<size_t>(m.find(p.weight))];

@@ -641,7 +641,7 @@ void validate(const stream::Manifest& m, const Matching& mt) {
 
 bool is_fatal(const MatchProblem& p, bool strict) {
   return p.kind == kUnusableScale || p.kind == kAmbiguous || p.kind == kNameCollision || p.kind == kBadMarker ||
-         (strict && p.kind == kNoScale);
+         p.kind == kIndexMismatch || (strict && p.kind == kNoScale);
 }
 
 bool needs_attention(const Matching& mt, bool strict) {
@@ -809,7 +809,10 @@ void print_report(std::ostream& out, const stream::Manifest& m, const Matching& 
       if (p.kind == std::string(kind)) list.push_back(&p);
     if (list.empty()) return;
     out << '\n' << title << ": " << list.size() << '\n';
-    for (const auto* p : list) out << "  " << p->tensor << (p->kind == std::string(kNoScale) ? "" : ": " + p->detail) << '\n';
+    for (const auto* p : list) {
+      if (p->tensor.empty()) out << "  " << p->detail << '\n';
+      else out << "  " << p->tensor << (p->kind == std::string(kNoScale) ? "" : ": " + p->detail) << '\n';
+    }
   };
   section(kNoScale, "FP8 weights with no scale (cast with scale 1)");
   section(kOrphanScale, "Scales with no FP8 weight (passed through)");
@@ -820,6 +823,7 @@ void print_report(std::ostream& out, const stream::Manifest& m, const Matching& 
   section(kAmbiguous, "FP8 weights with several candidate scales (st-dequant refuses these)");
   section(kNameCollision, "Output name collisions (st-dequant refuses these)");
   section(kBadMarker, "Invalid quantization markers (st-dequant refuses these)");
+  section(kIndexMismatch, "Index and shards disagree (st-list refuses this model)");
   const auto others = other_drops(mt);
   if (!others.empty()) {
     out << '\n' << "Activation scales and markers dropped after conversion: " << others.size() << '\n';

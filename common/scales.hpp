@@ -43,6 +43,7 @@ inline constexpr const char* kUnusableScale = "unusable-scale";     // fatal: fi
 inline constexpr const char* kAmbiguous = "ambiguous-scale";        // fatal: several candidates
 inline constexpr const char* kNameCollision = "name-collision";     // fatal: two outputs, one name
 inline constexpr const char* kBadMarker = "invalid-marker";         // fatal: a marker that is not JSON
+inline constexpr const char* kIndexMismatch = "index-mismatch";     // fatal: index and shards disagree
 
 // The conventions' names (for --convention and the reports).
 std::vector<std::string> convention_names();

@@ -43,9 +43,12 @@ MarkerData read_markers(stream::Reader& in, size_t& count) {
 }
 
 bool report_file(const std::string& path, const Options& opt, ReportFormat format, std::ostream& out) {
-  const source::SafetensorsSource src(path);
+  source::ListOptions lo;
+  lo.lenient_index = true;  // index problems go into the report
+  const source::SafetensorsSource src(model_input::resolve({path}), lo);
   const stream::Manifest& m = src.manifest();
-  const stream::Matching mt = match(m, src.read_markers(), opt);
+  stream::Matching mt = match(m, src.read_markers(), opt);
+  mt.problems.insert(mt.problems.end(), src.index_problems().begin(), src.index_problems().end());
   const ScaleValues values = [&](const std::string& name) { return decode_scale(m, mt, name, src.read_tensor(name)); };
   const bool attention = needs_attention(mt, opt.strict);
   if (format == ReportFormat::Json) print_json(out, path, m, mt, values, attention);

@@ -2,12 +2,14 @@
 
 #include <fnmatch.h>
 #include <limits.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 
 #include <algorithm>
 #include <functional>
 #include <map>
 #include <set>
+#include <unordered_map>
 
 #include "error.hpp"
 #include "json_util.hpp"
@@ -58,91 +60,155 @@ std::vector<size_t> select(const std::vector<stream::TensorInfo>& all, const Lis
 }  // namespace
 
 SafetensorsSource::SafetensorsSource(const std::string& path, const ListOptions& opt)
-    : file_(path), opt_(opt), header_(safetensors::read_header(file_)) {
-  const auto all = infos_of(header_, canonical(path));
+    : SafetensorsSource(model_input::resolve({path}), opt) {}
+
+SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const ListOptions& opt)
+    : input_(input), opt_(opt) {
+  if (!opt.expect_sha256.empty() && input.files.size() != 1)
+    usage_error("--expect-sha256 checks one file; this model has " + std::to_string(input.files.size()));
+  const auto missing = model_input::missing_shards(input);
+  if (!missing.empty() && !opt.lenient_index)
+    fail(missing.front() + (missing.size() > 1 ? " (and " + std::to_string(missing.size() - 1) + " more)" : ""));
+  for (const auto& msg : missing) index_problems_.push_back({scales::kIndexMismatch, "", msg});
+  if (!missing.empty()) {  // lenient: read the shards that are there
+    input_.files.clear();
+    for (const auto& f : input.files) {
+      struct stat sb;
+      if (::stat(f.c_str(), &sb) == 0) input_.files.push_back(f);
+    }
+    if (input_.files.empty()) fail(input.index + ": none of the shards it names exists");
+  }
+  // Every header first: a bad shard or index fails before any output.
+  std::vector<stream::TensorInfo> all;
+  std::vector<Ref> all_refs;
+  std::vector<std::vector<std::string>> names(input_.files.size());
+  std::unordered_map<std::string, uint32_t> holder;  // tensor -> shard
+  for (uint32_t s = 0; s < input_.files.size(); ++s) {
+    Shard shard;
+    shard.file = std::make_unique<io::InputFile>(input_.files[s]);
+    shard.header = safetensors::read_header(*shard.file);
+    const std::string source = canonical(input_.files[s]);
+    for (uint32_t e = 0; e < shard.header.tensors.size(); ++e) {
+      const auto& t = shard.header.tensors[e];
+      if (auto [it, fresh] = holder.emplace(t.name, s); !fresh)
+        fail(input_.files[s] + ": tensor " + json::quote(t.name) + " is also in " + input_.files[it->second] +
+             "; a model holds each tensor once");
+      all.push_back({t.name, t.dtype, t.shape, t.nbytes(), source});
+      all_refs.push_back({s, e});
+      if (!input_.index.empty()) names[s].push_back(t.name);
+    }
+    shards_.push_back(std::move(shard));
+  }
+  const auto problems = model_input::index_problems(input_, names);
+  if (!problems.empty() && !opt.lenient_index)
+    fail(problems.front() + (problems.size() > 1 ? " (and " + std::to_string(problems.size() - 1) + " more problems)" : ""));
+  for (const auto& msg : problems) index_problems_.push_back({scales::kIndexMismatch, "", msg});
+
   const auto kept = select(all, opt);
   if (kept.empty() && !all.empty())
-    fail(path + ": no tensor matches the --include/--exclude patterns");
+    fail(input_.files.size() == 1 ? input_.files[0] + ": no tensor matches the --include/--exclude patterns"
+                                 : "no tensor of the model matches the --include/--exclude patterns");
   std::vector<stream::TensorInfo> infos;
   for (size_t i : kept) infos.push_back(all[i]);
   manifest_.producer = std::string("st-list ") + ST_VERSION;
-  manifest_.metadata = header_.metadata;
-  manifest_.quantization_config = model_config::read_quantization_config(path);
+  manifest_.metadata = shards_.front().header.metadata;
+  manifest_.quantization_config = model_config::read_quantization_config(input_.files.front());
+  if (input_.several())
+    for (const auto& f : input_.files) manifest_.shards.push_back(canonical(f));
+  if (!input_.dir.empty()) manifest_.model_dir = canonical(input_.dir);
   for (size_t i : scales::scales_first_order(infos)) {
     manifest_.tensors.push_back(infos[i]);
-    header_index_.push_back(kept[i]);
+    refs_.push_back(all_refs[kept[i]]);
   }
 }
 
-std::string SafetensorsSource::write_stream(stream::Writer& w) const {
+uint64_t SafetensorsSource::input_bytes() const {
+  uint64_t n = 0;
+  for (const auto& s : shards_) n += s.file->size();
+  return n;
+}
+
+std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) const {
   w.begin(manifest_);
   std::vector<uint8_t> buf(stream::kDefaultChunkBytes);
-  std::unique_ptr<sha256::InOrderHasher> sha;
-  if (opt_.sha256 || !opt_.expect_sha256.empty()) {
-    sha = std::make_unique<sha256::InOrderHasher>();
-    std::vector<uint8_t> head(header_.data_start);
-    file_.pread_exact(0, head.data(), head.size());
-    sha->feed(0, head);
-  }
-  // Tensors left out by --include/--exclude are read for the hash only, at
-  // the moment the hash reaches them, so nothing large waits in memory.
-  std::map<uint64_t, size_t> skipped;  // file offset -> header index
-  if (sha) {
-    const std::set<size_t> streamed(header_index_.begin(), header_index_.end());
-    for (size_t k = 0; k < header_.tensors.size(); ++k)
-      if (!streamed.count(k) && header_.tensors[k].nbytes() > 0)
-        skipped.emplace(header_.data_start + header_.tensors[k].begin, k);
-  }
-  std::function<void()> catch_up;
-  // Reads a tensor in chunks, passing each to `sink` and to the hash.
-  auto read = [&](const safetensors::TensorEntry& t, auto&& sink) {
-    uint64_t pos = header_.data_start + t.begin, left = t.nbytes();
+  const bool hashing = opt_.sha256 || !opt_.expect_sha256.empty();
+  // Per file: its hash, and the tensors left out by --include/--exclude,
+  // read for the hash only when the hash reaches them, so nothing large
+  // waits in memory.
+  struct HashState {
+    std::unique_ptr<sha256::InOrderHasher> sha;
+    std::map<uint64_t, uint32_t> skipped;  // file offset -> header index
+    bool catching_up = false;              // a loop, not a recursion, over skipped runs
+  };
+  std::vector<HashState> hs(shards_.size());
+  std::function<void(uint32_t)> catch_up;
+  // Reads a tensor in chunks, passing each to `sink` and to its file's hash.
+  auto read = [&](uint32_t s, const safetensors::TensorEntry& t, auto&& sink) {
+    const Shard& sh = shards_[s];
+    uint64_t pos = sh.header.data_start + t.begin, left = t.nbytes();
     while (left > 0) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(left, buf.size()));
-      file_.pread_exact(pos, buf.data(), n);
+      sh.file->pread_exact(pos, buf.data(), n);
       sink(std::span<const uint8_t>(buf.data(), n));
-      if (sha) {
-        sha->feed(pos, {buf.data(), n});
-        catch_up();
+      if (hashing) {
+        hs[s].sha->feed(pos, {buf.data(), n});
+        catch_up(s);
       }
       pos += n;
       left -= n;
     }
   };
-  bool catching_up = false;  // a loop, not a recursion, over runs of skipped tensors
-  catch_up = [&] {
-    if (catching_up) return;
-    catching_up = true;
-    for (auto it = skipped.find(sha->covered()); it != skipped.end(); it = skipped.find(sha->covered())) {
-      const size_t k = it->second;
-      skipped.erase(it);
-      read(header_.tensors[k], [](std::span<const uint8_t>) {});
+  catch_up = [&](uint32_t s) {
+    HashState& h = hs[s];
+    if (h.catching_up) return;
+    h.catching_up = true;
+    for (auto it = h.skipped.find(h.sha->covered()); it != h.skipped.end(); it = h.skipped.find(h.sha->covered())) {
+      const uint32_t e = it->second;
+      h.skipped.erase(it);
+      read(s, shards_[s].header.tensors[e], [](std::span<const uint8_t>) {});
     }
-    catching_up = false;
+    h.catching_up = false;
   };
-  if (sha) catch_up();
-  for (size_t i = 0; i < header_index_.size(); ++i) {
-    read(header_.tensors[header_index_[i]], [&](std::span<const uint8_t> b) { w.data(static_cast<uint32_t>(i), b); });
+  if (hashing) {
+    std::set<std::pair<uint32_t, uint32_t>> streamed;
+    for (const Ref& r : refs_) streamed.emplace(r.shard, r.entry);
+    for (uint32_t s = 0; s < shards_.size(); ++s) {
+      const Shard& sh = shards_[s];
+      hs[s].sha = std::make_unique<sha256::InOrderHasher>();
+      std::vector<uint8_t> head(sh.header.data_start);
+      sh.file->pread_exact(0, head.data(), head.size());
+      hs[s].sha->feed(0, head);
+      for (uint32_t e = 0; e < sh.header.tensors.size(); ++e)
+        if (!streamed.count({s, e}) && sh.header.tensors[e].nbytes() > 0)
+          hs[s].skipped.emplace(sh.header.data_start + sh.header.tensors[e].begin, e);
+      catch_up(s);
+    }
+  }
+  for (size_t i = 0; i < refs_.size(); ++i) {
+    const Ref r = refs_[i];
+    read(r.shard, shards_[r.shard].header.tensors[r.entry],
+         [&](std::span<const uint8_t> b) { w.data(static_cast<uint32_t>(i), b); });
     w.end_tensor(static_cast<uint32_t>(i));
   }
-  std::string digest;
-  if (sha) {
-    digest = sha->finish(file_.size());
-    if (!opt_.expect_sha256.empty() && digest != opt_.expect_sha256)
-      fail(file_.path() + ": SHA-256 mismatch: expected " + opt_.expect_sha256 + ", got " + digest +
-           " (incomplete or corrupt download?)");
+  std::vector<std::string> digests;
+  if (hashing) {
+    for (uint32_t s = 0; s < shards_.size(); ++s) digests.push_back(hs[s].sha->finish(shards_[s].file->size()));
+    if (!opt_.expect_sha256.empty() && digests.front() != opt_.expect_sha256)
+      fail(shards_.front().file->path() + ": SHA-256 mismatch: expected " + opt_.expect_sha256 + ", got " +
+           digests.front() + " (incomplete or corrupt download?)");
   }
   w.finish();
-  return digest;
+  return digests;
 }
 
 std::vector<uint8_t> SafetensorsSource::read_tensor(const std::string& name) const {
-  for (const auto& t : header_.tensors)
-    if (t.name == name) {
-      std::vector<uint8_t> bytes(t.nbytes());
-      file_.pread_exact(header_.data_start + t.begin, bytes.data(), bytes.size());
-      return bytes;
-    }
+  for (const Shard& sh : shards_)
+    for (const auto& t : sh.header.tensors)
+      if (t.name == name) {
+        std::vector<uint8_t> bytes(t.nbytes());
+        sh.file->pread_exact(sh.header.data_start + t.begin, bytes.data(), bytes.size());
+        return bytes;
+      }
   throw Error("internal: no tensor " + name);
 }
 
@@ -211,6 +277,23 @@ void print_file_json(std::ostream& out, const std::string& path, const ListOptio
   }
   j += "]}\n";
   out << j;
+}
+
+void print_files(std::ostream& out, const model_input::ModelInput& input, const ListOptions& opt, Listing how) {
+  if (const auto missing = model_input::missing_shards(input); !missing.empty()) fail(missing.front());
+  const bool several = input.files.size() > 1;
+  if (how == Listing::Json && several) out << "[\n";
+  for (size_t i = 0; i < input.files.size(); ++i) {
+    const std::string& f = input.files[i];
+    if (how == Listing::Json) {
+      if (i) out << ",\n";
+      print_file_json(out, f, opt);
+    } else {
+      if (several) out << (i ? "\n" : "") << "==> " << f << " <==\n";
+      print_file_table(out, f, opt);
+    }
+  }
+  if (how == Listing::Json && several) out << "]\n";
 }
 
 }  // namespace st::source

@@ -2,11 +2,13 @@
 // first), its tensors streamed in chunks with bounded memory, a human table.
 #pragma once
 
+#include <memory>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include "io.hpp"
+#include "model_input.hpp"
 #include "safetensors.hpp"
 #include "scales.hpp"
 #include "stream.hpp"
@@ -19,39 +21,56 @@ struct ListOptions {
   std::vector<std::string> exclude;  // applied after include
   bool sha256 = false;               // compute the file's SHA-256 while streaming
   std::string expect_sha256;         // lowercase hex; a mismatch fails before END
+  // An index that disagrees with its shards (or names a missing shard) is
+  // an error, unless this is set: then the problems are only recorded
+  // (index_problems()) and missing shards left out, for st-scales' report.
+  bool lenient_index = false;
 };
 
 class SafetensorsSource {
  public:
-  // Validates the whole header; selects tensors (a scale, activation scale
-  // or marker follows the selection of the weight it belongs to).
+  // Validates every header (and an index against its shards); selects
+  // tensors (a scale, activation scale or marker follows the selection of
+  // the weight it belongs to). Nothing is written yet.
+  SafetensorsSource(const model_input::ModelInput& input, const ListOptions& opt = {});
   explicit SafetensorsSource(const std::string& path, const ListOptions& opt = {});
 
-  const safetensors::Header& header() const { return header_; }
-  const io::InputFile& file() const { return file_; }
   // Tensors in the order st-list emits them: markers and weight scales
-  // first, then the rest in file order (st-dequant needs a scale before its
-  // weight's data). Carries the quantization_config of a config.json beside
-  // the file.
+  // first, then the rest in file order, file after file (st-dequant needs a
+  // scale before its weight's data, whichever shard holds it). Carries the
+  // quantization_config of a config.json beside the (first) file.
   const stream::Manifest& manifest() const { return manifest_; }
+  uint64_t input_bytes() const;  // the files' sizes, summed
 
   // Writes the whole stream: preamble, manifest, tensors, END. With sha256
-  // or expect_sha256, every byte of the file is hashed as it is read
-  // (unselected tensors too); returns the hex digest ("" otherwise). A digest
-  // that differs from expect_sha256 fails before the END frame, so no later
-  // stage accepts the stream.
-  std::string write_stream(stream::Writer& w) const;
+  // or expect_sha256, every byte of every file is hashed as it is read
+  // (unselected tensors too); returns the hex digests, one per file ({}
+  // otherwise). A digest that differs from expect_sha256 (one file only)
+  // fails before the END frame, so no later stage accepts the stream.
+  std::vector<std::string> write_stream(stream::Writer& w) const;
   // One tensor's bytes (for small tensors such as scales).
   std::vector<uint8_t> read_tensor(const std::string& name) const;
   // The contents of the marker tensors the matcher reads (comfy_quant).
   scales::MarkerData read_markers() const;
+  const std::vector<std::string>& files() const { return input_.files; }
+  // With ListOptions::lenient_index: where the index and the shards disagree.
+  const std::vector<stream::MatchProblem>& index_problems() const { return index_problems_; }
 
  private:
-  io::InputFile file_;
+  struct Shard {
+    std::unique_ptr<io::InputFile> file;
+    safetensors::Header header;
+  };
+  struct Ref {
+    uint32_t shard;
+    uint32_t entry;  // index in that shard's header
+  };
+  model_input::ModelInput input_;
   ListOptions opt_;
-  safetensors::Header header_;
+  std::vector<Shard> shards_;
   stream::Manifest manifest_;
-  std::vector<size_t> header_index_;  // manifest index -> header tensor index
+  std::vector<Ref> refs_;  // manifest index -> where its bytes are
+  std::vector<stream::MatchProblem> index_problems_;
 };
 
 // "NAME DTYPE SHAPE BYTES" table, in file order.
@@ -61,5 +80,11 @@ void print_file_table(std::ostream& out, const std::string& path, const ListOpti
 // One JSON document: file, size, header_bytes, metadata (object or null),
 // tensors [{name, dtype, shape, bytes, data_offsets, file_offset}] in file order.
 void print_file_json(std::ostream& out, const std::string& path, const ListOptions& opt = {});
+
+// st-list --table / --json of a model: one file as above; several files as
+// one table each after a "==> FILE <==" line (as head(1) does), or a JSON
+// array of the per-file documents.
+enum class Listing { Table, Json };
+void print_files(std::ostream& out, const model_input::ModelInput& input, const ListOptions& opt, Listing how);
 
 }  // namespace st::source

@@ -8,11 +8,11 @@
 
 int main(int argc, char** argv) {
   return st::cli::run("st-convert", [&] {
-    auto o = st::cli::make_options("st-convert", "Convert an FP8 .safetensors file to BF16 (or F16/F32).");
+    auto o = st::cli::make_options("st-convert", "Convert an FP8 .safetensors file, or a sharded model folder, to BF16 (or F16/F32).");
     st::cli::add_target_option(o);
     st::cli::add_output_options(o);
     o.add_options()("n,dry-run", "print what would be converted, passed through and dropped, and the output size; write nothing");
-    o.add_options()("in", "input file", cxxopts::value<std::string>())("out", "output file, or - for stdout",
+    o.add_options()("in", "input file, index or model folder", cxxopts::value<std::string>())("out", "output file, - for stdout, or a folder",
                                                                           cxxopts::value<std::string>());
     st::cli::add_match_options(o);
     o.parse_positional({"in", "out"});

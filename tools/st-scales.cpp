@@ -15,7 +15,7 @@ int main(int argc, char** argv) {
         "f,force", "write the binary stream even to a terminal")("file", "input file", cxxopts::value<std::string>());
     st::cli::add_match_options(o);
     o.parse_positional({"file"});
-    o.positional_help("[FILE | -]");
+    o.positional_help("[FILE | INDEX.json | FOLDER | -]");
     const auto r = st::cli::parse(o, argc, argv);
     if (st::cli::handle_help_version(o, r, "")) return 0;
     const st::scales::Options opt = st::cli::match_options(r);

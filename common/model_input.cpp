@@ -1,0 +1,189 @@
+#include "model_input.hpp"
+
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <fstream>
+#include <sstream>
+#include <unordered_map>
+
+#include "error.hpp"
+#include "io.hpp"
+#include "json_util.hpp"
+
+namespace st::model_input {
+
+namespace {
+
+constexpr const char* kSuffix = ".safetensors";
+constexpr const char* kIndexSuffix = ".safetensors.index.json";
+
+bool is_dir(const std::string& p) {
+  struct stat sb;
+  return ::stat(p.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+bool is_regular(const std::string& p) {
+  struct stat sb;
+  return ::stat(p.c_str(), &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+std::string join(const std::string& dir, const std::string& name) {
+  if (dir.empty() || dir == ".") return name;
+  return dir.back() == '/' ? dir + name : dir + "/" + name;
+}
+
+// Names of the regular, non-hidden files of a folder, sorted.
+std::vector<std::string> folder_files(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) fail(dir + ": cannot read the folder: " + io::errno_text(errno));
+  std::vector<std::string> names;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string n = e->d_name;
+    if (n.empty() || n[0] == '.') continue;
+    if (is_regular(join(dir, n))) names.push_back(n);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Hugging Face loads a shard name only if it stays inside the folder (no
+// root, drive or "..", read as a Windows path too) and has the index's
+// extension; the same here.
+void check_shard_name(const std::string& index, const std::string& name) {
+  auto bad = [&](const std::string& why) {
+    fail(index + ": weight_map names shard " + json::quote(name) + ", " + why);
+  };
+  if (name.empty()) bad("an empty name");
+  if (name[0] == '/' || name[0] == '\\' || (name.size() > 1 && name[1] == ':'))
+    bad("which is not a relative path");
+  std::string part;
+  for (size_t i = 0; i <= name.size(); ++i) {
+    if (i == name.size() || name[i] == '/' || name[i] == '\\') {
+      if (part == "..") bad("which leaves the model folder");
+      part.clear();
+    } else {
+      part += name[i];
+    }
+  }
+  if (!ends_with(name, kSuffix)) bad("which is not a .safetensors file");
+}
+
+ModelInput read_index(const std::string& index) {
+  std::ifstream f(index, std::ios::binary);
+  if (!f) fail(index + ": cannot open: " + io::errno_text(errno));
+  std::stringstream text;
+  text << f.rdbuf();
+  rapidjson::Document doc;
+  if (!json::parse_json(doc, text.str()) || !doc.IsObject()) fail(index + ": not a valid JSON object");
+  auto wm = doc.FindMember("weight_map");
+  if (wm == doc.MemberEnd() || !wm->value.IsObject()) fail(index + ": no weight_map object");
+  ModelInput in;
+  in.index = index;
+  in.dir = dir_name(index);
+  std::vector<std::string> shards;
+  std::unordered_map<std::string, bool> seen;
+  for (auto it = wm->value.MemberBegin(); it != wm->value.MemberEnd(); ++it) {
+    const std::string tensor(it->name.GetString(), it->name.GetStringLength());
+    if (!it->value.IsString()) fail(index + ": weight_map entry " + json::quote(tensor) + " is not a file name");
+    const std::string shard(it->value.GetString(), it->value.GetStringLength());
+    check_shard_name(index, shard);
+    if (seen.count(tensor)) fail(index + ": weight_map lists " + json::quote(tensor) + " twice");
+    seen[tensor] = true;
+    const std::string path = join(in.dir, shard);
+    in.weight_map.emplace_back(tensor, path);
+    shards.push_back(path);
+  }
+  if (shards.empty()) fail(index + ": weight_map is empty");
+  std::sort(shards.begin(), shards.end());
+  shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
+  in.files = std::move(shards);
+  return in;
+}
+
+}  // namespace
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string base_name(const std::string& path) {
+  std::string p = path;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  const auto slash = p.rfind('/');
+  return slash == std::string::npos ? p : p.substr(slash + 1);
+}
+
+std::string dir_name(const std::string& path) {
+  const auto slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+ModelInput resolve(const std::vector<std::string>& args) {
+  if (args.empty()) usage_error("no input given");
+  for (const auto& a : args)
+    if ((is_dir(a) || ends_with(a, ".json")) && args.size() > 1)
+      usage_error(a + ": a folder or an index is the whole model; give it alone");
+  const std::string& first = args.front();
+  if (ends_with(first, ".json")) return read_index(first);
+  if (is_dir(first)) {
+    const auto names = folder_files(first);
+    std::vector<std::string> indexes;
+    for (const auto& n : names)
+      if (ends_with(n, kIndexSuffix)) indexes.push_back(n);
+    if (std::find(indexes.begin(), indexes.end(), "model.safetensors.index.json") != indexes.end())
+      indexes = {"model.safetensors.index.json"};
+    if (indexes.size() > 1)
+      fail(first + ": several index files (" + indexes[0] + ", " + indexes[1] + "); give the one to read");
+    if (indexes.size() == 1) return read_index(join(first, indexes[0]));
+    ModelInput in;
+    in.dir = first;
+    for (const auto& n : names)
+      if (ends_with(n, kSuffix)) in.files.push_back(join(first, n));
+    if (in.files.empty()) fail(first + ": no .safetensors files in this folder");
+    return in;
+  }
+  ModelInput in;
+  in.files = args;
+  return in;
+}
+
+std::vector<std::string> missing_shards(const ModelInput& in) {
+  std::vector<std::string> out;
+  if (in.index.empty()) return out;
+  for (const auto& f : in.files)
+    if (!is_regular(f)) out.push_back(in.index + ": names shard " + base_name(f) + ", which does not exist");
+  return out;
+}
+
+std::vector<std::string> index_problems(const ModelInput& in, const std::vector<std::vector<std::string>>& names) {
+  std::vector<std::string> out;
+  if (in.index.empty()) return out;
+  std::unordered_map<std::string, std::string> where;  // tensor -> file that holds it
+  for (size_t i = 0; i < in.files.size() && i < names.size(); ++i)
+    for (const auto& n : names[i]) where.emplace(n, in.files[i]);
+  std::unordered_map<std::string, std::string> listed(in.weight_map.begin(), in.weight_map.end());
+  for (const auto& [tensor, file] : in.weight_map) {
+    struct stat sb;
+    if (::stat(file.c_str(), &sb) != 0) continue;  // a missing shard is reported once, by missing_shards
+    auto it = where.find(tensor);
+    if (it == where.end())
+      out.push_back(in.index + ": names tensor " + json::quote(tensor) + " in " + base_name(file) +
+                    ", which does not hold it");
+    else if (it->second != file)
+      out.push_back(in.index + ": names tensor " + json::quote(tensor) + " in " + base_name(file) + ", but it is in " +
+                    base_name(it->second));
+  }
+  for (size_t i = 0; i < in.files.size() && i < names.size(); ++i)
+    for (const auto& n : names[i])
+      if (!listed.count(n))
+        out.push_back(in.files[i] + ": tensor " + json::quote(n) + " is not in the index " + base_name(in.index));
+  return out;
+}
+
+}  // namespace st::model_input

@@ -1,0 +1,43 @@
+// What a model is on disk: one .safetensors file, several (shards), an index
+// (model.safetensors.index.json, safetensors-format.md §6) or a folder.
+// Resolves st-list's arguments to the files to read, and checks an index
+// against the shards it names. Nothing here reads tensor data.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace st::model_input {
+
+struct ModelInput {
+  std::vector<std::string> files;  // in stream order (an index's shards: name order)
+  std::string dir;                 // the model folder when a folder or an index was given
+  std::string index;               // the index file, or ""
+  // tensor -> shard file (a path as in `files`), in the index's order
+  std::vector<std::pair<std::string, std::string>> weight_map;
+  bool several() const { return files.size() > 1 || !index.empty(); }
+};
+
+// One FILE.safetensors, several, one *.index.json, or one folder. Throws
+// st::Error naming the argument for an unusable one (an index that is not
+// valid JSON, has no weight_map, or names a shard outside its folder; a
+// folder with no model files); a usage error for a folder or index given
+// with other arguments.
+ModelInput resolve(const std::vector<std::string>& args);
+
+// An index's shard files that do not exist (regular files), as messages.
+std::vector<std::string> missing_shards(const ModelInput& in);
+
+// Where an index and the shards' contents disagree, as messages: a tensor
+// the index puts in a shard that does not hold it, and a tensor of a shard
+// that the index does not list there. names[i]: the tensors of files[i].
+std::vector<std::string> index_problems(const ModelInput& in,
+                                        const std::vector<std::vector<std::string>>& names);
+
+// A file or directory name's last component, and its folder ("." if none).
+std::string base_name(const std::string& path);
+std::string dir_name(const std::string& path);
+bool ends_with(const std::string& s, const std::string& suffix);
+
+}  // namespace st::model_input
