@@ -71,7 +71,7 @@ std::string parse_layout(const Bytes& s, std::vector<Frame>& frames) {
   const uint8_t magic[8] = {0x89, 'S', 'T', 'S', 0x0D, 0x0A, 0x1A, 0x0A};
   if (std::memcmp(s.data(), magic, 8) != 0) return "magic";
   if (rd(&s[8], 2) != 1) return "major version";
-  if (rd(&s[10], 2) != 0) return "minor version";
+  if (rd(&s[10], 2) != 1) return "minor version";  // this writer implements 1.1
   if (rd(&s[12], 4) != 0) return "preamble reserved";
   if (rd(&s[16], 8) != xxh(s.data(), 16)) return "preamble checksum";
   size_t p = 24;
@@ -426,7 +426,7 @@ TEST_CASE("byte layout follows docs/stream-format.md", "[stream][layout]") {
     const uint8_t magic[8] = {0x89, 0x53, 0x54, 0x53, 0x0D, 0x0A, 0x1A, 0x0A};
     CHECK(std::memcmp(s.data(), magic, 8) == 0);
     CHECK(rd(&s[8], 2) == 1);
-    CHECK(rd(&s[10], 2) == 0);
+    CHECK(rd(&s[10], 2) == 1);
     CHECK(rd(&s[12], 4) == 0);
     CHECK(rd(&s[16], 8) == xxh(s.data(), 16));
     CHECK(fr.front().pos == 24);
@@ -489,7 +489,7 @@ TEST_CASE("byte layout follows docs/stream-format.md", "[stream][layout]") {
     REQUIRE(doc.HasMember("format"));
     CHECK(std::string(doc["format"].GetString()) == "st-stream");
     REQUIRE(doc.HasMember("version"));
-    CHECK(std::string(doc["version"].GetString()) == "1.0");
+    CHECK(std::string(doc["version"].GetString()) == "1.1");
     REQUIRE(doc.HasMember("producer"));
     CHECK(std::string(doc["producer"].GetString()) == m.producer);
     REQUIRE(doc.HasMember("metadata"));
@@ -993,4 +993,35 @@ TEST_CASE("looks_like_safetensors", "[stream]") {
   CHECK(stream::looks_like_safetensors(std::span<const uint8_t>(sf).first(16)));
   const Bytes s = write_test_stream();
   CHECK(!stream::looks_like_safetensors(std::span<const uint8_t>(s).first(16)));
+}
+
+TEST_CASE("1.1 model fields survive the manifest round trip", "[stream][manifest]") {
+  stream::Manifest m;
+  m.producer = "st-dequant test";
+  m.tensors = {ti("a", Dtype::BF16, {2}, 4)};
+  m.tensors[0].source = "/m/model-00002-of-00002.safetensors";
+  m.shards = {"/m/model-00001-of-00002.safetensors", "/m/model-00002-of-00002.safetensors"};
+  m.model_dir = "/m";
+  m.converted_to = Dtype::F16;
+  const auto g = stream::decode_manifest(stream::encode_manifest(m));
+  CHECK(g.shards == m.shards);
+  CHECK(g.model_dir == "/m");
+  REQUIRE(g.converted_to);
+  CHECK(*g.converted_to == Dtype::F16);
+  CHECK(g.tensors.at(0).source == m.tensors[0].source);
+  SECTION("absent fields stay absent") {
+    const auto plain = stream::decode_manifest(
+        R"({"format":"st-stream","version":"1.0","producer":"p","metadata":null,"tensors":[]})");
+    CHECK(plain.shards.empty());
+    CHECK(plain.model_dir.empty());
+    CHECK(!plain.converted_to);
+  }
+  SECTION("a converted_to that is not a float target is refused") {
+    for (const char* bad : {R"("F8_E4M3")", R"("bf16")", "3", "null"})
+      CHECK_THROWS(stream::decode_manifest(
+          std::string(R"({"format":"st-stream","version":"1.1","producer":"p","metadata":null,"tensors":[],"converted_to":)") +
+          bad + "}"));
+    CHECK_THROWS(stream::decode_manifest(
+        R"({"format":"st-stream","version":"1.1","producer":"p","metadata":null,"tensors":[],"shards":"x"})"));
+  }
 }
