@@ -111,7 +111,10 @@ bool handle_help_version(cxxopts::Options& o, const cxxopts::ParseResult& r, con
   }
   if (r.count("version")) {
     std::cout << g_tool << " (st-tools) " << ST_VERSION << "\n"
-              << "stream format " << stream::kVersionMajor << "." << stream::kVersionMinor << "\n";
+              << "stream format " << stream::kVersionMajor << "." << stream::kVersionMinor << "\n"
+              << "fp8 kernel " << fp8::kernel_name(fp8::active_kernel()) << " (of";
+    for (fp8::Kernel k : fp8::available_kernels()) std::cout << ' ' << fp8::kernel_name(k);
+    std::cout << ")\n";
     return true;
   }
   return false;

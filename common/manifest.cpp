@@ -64,6 +64,22 @@ long Manifest::find(const std::string& name) const {
   return -1;
 }
 
+NameIndex::NameIndex(const Manifest& m) : m_(m) {
+  index_.reserve(m.tensors.size());
+  for (size_t i = 0; i < m.tensors.size(); ++i) index_.emplace(m.tensors[i].name, i);
+}
+
+long NameIndex::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? -1 : static_cast<long>(it->second);
+}
+
+const TensorInfo& NameIndex::at(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) throw Error("internal: no tensor " + name + " in the manifest");
+  return m_.tensors[it->second];
+}
+
 uint64_t Manifest::total_bytes() const {
   uint64_t n = 0;
   for (const auto& t : tensors) n += t.nbytes;

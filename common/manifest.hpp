@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "dtype.hpp"
@@ -81,9 +83,23 @@ struct Manifest {
   // The dtype st-dequant converted FP8 weights to (config.json's torch_dtype).
   std::optional<Dtype> converted_to;
 
-  // Index of a tensor by name, or -1.
+  // Index of a tensor by name, or -1. A linear search: for many lookups
+  // build a NameIndex once.
   long find(const std::string& name) const;
   uint64_t total_bytes() const;
+};
+
+// Tensor name -> manifest index, built once for code that looks up every
+// pair of a model (tens of thousands of tensors for DeepSeek-V3).
+class NameIndex {
+ public:
+  explicit NameIndex(const Manifest& m);
+  long find(const std::string& name) const;  // -1 when absent
+  const TensorInfo& at(const std::string& name) const;  // throws st::Error when absent
+
+ private:
+  const Manifest& m_;
+  std::unordered_map<std::string_view, size_t> index_;
 };
 
 std::string encode_manifest(const Manifest& m);

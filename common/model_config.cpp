@@ -79,7 +79,8 @@ namespace {
 
 void strip_quantization(rapidjson::Value& v) {
   if (v.IsObject()) {
-    v.RemoveMember("quantization_config");  // keeps the order of the others
+    if (auto it = v.FindMember("quantization_config"); it != v.MemberEnd())
+      v.EraseMember(it);  // EraseMember keeps the others' order (RemoveMember moves the last one up)
     for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it) strip_quantization(it->value);
   } else if (v.IsArray()) {
     for (auto& e : v.GetArray()) strip_quantization(e);

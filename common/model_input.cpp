@@ -53,26 +53,26 @@ std::vector<std::string> folder_files(const std::string& dir) {
 // Hugging Face loads a shard name only if it stays inside the folder (no
 // root, drive or "..", read as a Windows path too) and has the index's
 // extension; the same here.
-void check_shard_name(const std::string& index, const std::string& name) {
-  auto bad = [&](const std::string& why) {
-    fail(index + ": weight_map names shard " + json::quote(name) + ", " + why);
-  };
-  if (name.empty()) bad("an empty name");
+// Returns the problem ("" when the name is fine).
+std::string shard_name_problem(const std::string& index, const std::string& name) {
+  auto bad = [&](const std::string& why) { return index + ": weight_map names shard " + json::quote(name) + ", " + why; };
+  if (name.empty()) return bad("an empty name");
   if (name[0] == '/' || name[0] == '\\' || (name.size() > 1 && name[1] == ':'))
-    bad("which is not a relative path");
+    return bad("which is not a relative path");
   std::string part;
   for (size_t i = 0; i <= name.size(); ++i) {
     if (i == name.size() || name[i] == '/' || name[i] == '\\') {
-      if (part == "..") bad("which leaves the model folder");
+      if (part == "..") return bad("which leaves the model folder");
       part.clear();
     } else {
       part += name[i];
     }
   }
-  if (!ends_with(name, kSuffix)) bad("which is not a .safetensors file");
+  if (!ends_with(name, kSuffix)) return bad("which is not a .safetensors file");
+  return "";
 }
 
-ModelInput read_index(const std::string& index) {
+ModelInput read_index(const std::string& index, std::vector<std::string>* problems) {
   std::ifstream f(index, std::ios::binary);
   if (!f) fail(index + ": cannot open: " + io::errno_text(errno));
   std::stringstream text;
@@ -90,14 +90,18 @@ ModelInput read_index(const std::string& index) {
     const std::string tensor(it->name.GetString(), it->name.GetStringLength());
     if (!it->value.IsString()) fail(index + ": weight_map entry " + json::quote(tensor) + " is not a file name");
     const std::string shard(it->value.GetString(), it->value.GetStringLength());
-    check_shard_name(index, shard);
+    if (const std::string why = shard_name_problem(index, shard); !why.empty()) {
+      if (!problems) fail(why);
+      problems->push_back(why);
+      continue;
+    }
     if (seen.count(tensor)) fail(index + ": weight_map lists " + json::quote(tensor) + " twice");
     seen[tensor] = true;
     const std::string path = join(in.dir, shard);
     in.weight_map.emplace_back(tensor, path);
     shards.push_back(path);
   }
-  if (shards.empty()) fail(index + ": weight_map is empty");
+  if (shards.empty()) fail(index + ": weight_map names no usable shard");
   std::sort(shards.begin(), shards.end());
   shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
   in.files = std::move(shards);
@@ -124,13 +128,13 @@ std::string dir_name(const std::string& path) {
   return path.substr(0, slash);
 }
 
-ModelInput resolve(const std::vector<std::string>& args) {
+ModelInput resolve(const std::vector<std::string>& args, std::vector<std::string>* problems) {
   if (args.empty()) usage_error("no input given");
   for (const auto& a : args)
     if ((is_dir(a) || ends_with(a, ".json")) && args.size() > 1)
       usage_error(a + ": a folder or an index is the whole model; give it alone");
   const std::string& first = args.front();
-  if (ends_with(first, ".json")) return read_index(first);
+  if (ends_with(first, ".json")) return read_index(first, problems);
   if (is_dir(first)) {
     const auto names = folder_files(first);
     std::vector<std::string> indexes;
@@ -140,7 +144,7 @@ ModelInput resolve(const std::vector<std::string>& args) {
       indexes = {"model.safetensors.index.json"};
     if (indexes.size() > 1)
       fail(first + ": several index files (" + indexes[0] + ", " + indexes[1] + "); give the one to read");
-    if (indexes.size() == 1) return read_index(join(first, indexes[0]));
+    if (indexes.size() == 1) return read_index(join(first, indexes[0]), problems);
     ModelInput in;
     in.dir = first;
     for (const auto& n : names)

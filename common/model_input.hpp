@@ -24,7 +24,9 @@ struct ModelInput {
 // valid JSON, has no weight_map, or names a shard outside its folder; a
 // folder with no model files); a usage error for a folder or index given
 // with other arguments.
-ModelInput resolve(const std::vector<std::string>& args);
+// With `problems`, a weight_map entry naming an unusable shard is recorded
+// there and left out instead (st-scales reports them all).
+ModelInput resolve(const std::vector<std::string>& args, std::vector<std::string>* problems = nullptr);
 
 // An index's shard files that do not exist (regular files), as messages.
 std::vector<std::string> missing_shards(const ModelInput& in);

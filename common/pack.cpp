@@ -360,12 +360,31 @@ size_t output_files(const stream::Manifest& m, const Options& opt) {
   return opt.output == "-" ? 1 : plan_outputs(m, opt).shards.size();
 }
 
+// Shards written beside the input's would mix two models in one folder (and
+// -f would replace its config.json, which is input too).
+void refuse_source_folder(const stream::Manifest& m, const std::string& dir) {
+  struct stat out;
+  if (::stat(dir.c_str(), &out) != 0) return;
+  std::vector<std::string> inputs;
+  if (!m.model_dir.empty()) inputs.push_back(m.model_dir);
+  for (const auto& f : m.shards) inputs.push_back(model_input::dir_name(f));
+  std::string last;
+  for (const auto& t : m.tensors)
+    if (!t.source.empty() && t.source != last) inputs.push_back(model_input::dir_name(last = t.source));
+  for (const auto& in : inputs) {
+    struct stat sb;
+    if (::stat(in.c_str(), &sb) == 0 && sb.st_dev == out.st_dev && sb.st_ino == out.st_ino)
+      fail(dir + ": is the folder of the input model; write the shards to another folder");
+  }
+}
+
 void check_output(const stream::Manifest& m, const Options& opt) {
   if (opt.output == "-") return;
   const OutputPlan p = plan_outputs(m, opt);
   if (!p.dir.empty()) {
     struct stat sb;
     if (::stat(p.dir.c_str(), &sb) == 0 && !S_ISDIR(sb.st_mode)) fail(p.dir + ": exists and is not a folder");
+    refuse_source_folder(m, p.dir);
     if (::stat(p.dir.c_str(), &sb) != 0) {
       const std::string parent = model_input::dir_name(p.dir);
       if (::access(parent.c_str(), W_OK) != 0)

@@ -130,8 +130,9 @@ void dry_run(const std::string& input, const dequant::Options& dq, const pack::O
   if (const size_t files = pack::output_files(om, pk); files > 1) out << " in " << files << " files";
   out << ")\n";
   out << "\nconverted to " << target << ": " << mt.pairs.size() << '\n';
+  const stream::NameIndex index(m);
   for (const auto& p : mt.pairs) {
-    const auto& w = m.tensors[static_cast<size_t>(m.find(p.weight))];
+    const auto& w = index.at(p.weight);
     out << "  " << p.weight << " " << dtype_name(w.dtype) << " " << shape_text(w.shape);
     if (!p.output.empty()) out << " -> " << p.output;
     out << (p.scale.empty() ? ", no scale (cast)" : ", scale " + p.scale + " (" + scales::layout_text(p) + ")") << '\n';

@@ -565,8 +565,9 @@ std::vector<std::pair<size_t, std::string>> output_names(const stream::Manifest&
 }
 
 void validate(const stream::Manifest& m, const Matching& mt) {
+  const stream::NameIndex index(m);
   auto find = [&](const std::string& name, const char* what) -> const TensorInfo& {
-    const long i = m.find(name);
+    const long i = index.find(name);
     if (i < 0) fail("stream matching names " + std::string(what) + " " + json::quote(name) + ", which is not in the manifest");
     return m.tensors[static_cast<size_t>(i)];
   };
@@ -767,6 +768,7 @@ std::vector<std::string> other_drops(const Matching& mt) {
 }  // namespace
 
 void print_report(std::ostream& out, const stream::Manifest& m, const Matching& mt, const ScaleValues& values) {
+  const stream::NameIndex index(m);
   out << "Total keys: " << m.tensors.size() << '\n';
   out << "Scale keys found: " << count_scale_keys(m.tensors) << '\n';
   const Counts c = count(mt);
@@ -779,14 +781,14 @@ void print_report(std::ostream& out, const stream::Manifest& m, const Matching& 
     std::vector<std::vector<std::string>> rows{
         {"WEIGHT", "DTYPE", "SHAPE", "SCALE", "SCALE_SHAPE", "SCALE_DTYPE", "MIN", "MAX", "LAYOUT", "CONVENTION"}};
     for (const auto& p : mt.pairs) {
-      const TensorInfo& w = m.tensors[static_cast<size_t>(m.find(p.weight))];
+      const TensorInfo& w = index.at(p.weight);
       std::string dt(dtype_name(w.dtype));
       if (w.dtype != p.format) dt += " as " + std::string(dtype_name(p.format));
       std::vector<std::string> r{p.weight, dt, shape_text(w.shape)};
       if (p.scale.empty()) {
         r.insert(r.end(), {"-", "-", "-", "-", "-", layout_text(p), "raw cast"});
       } else {
-        const TensorInfo& s = m.tensors[static_cast<size_t>(m.find(p.scale))];
+        const TensorInfo& s = index.at(p.scale);
         r.insert(r.end(), {p.scale, shape_text(s.shape), std::string(dtype_name(s.dtype))});
         const std::vector<float> v = values ? values(p.scale) : std::vector<float>{};
         if (v.empty()) {
@@ -854,6 +856,7 @@ void print_json(std::ostream& out, const std::string& file, const stream::Manife
     w.EndArray();
   };
   const Counts c = count(mt);
+  const stream::NameIndex index(m);
   w.StartObject();
   w.Key("file");
   str(file);
@@ -873,7 +876,7 @@ void print_json(std::ostream& out, const std::string& file, const stream::Manife
   w.Key("weights");
   w.StartArray();
   for (const auto& p : mt.pairs) {
-    const TensorInfo& wt = m.tensors[static_cast<size_t>(m.find(p.weight))];
+    const TensorInfo& wt = index.at(p.weight);
     w.StartObject();
     w.Key("name");
     str(p.weight);
@@ -889,7 +892,7 @@ void print_json(std::ostream& out, const std::string& file, const stream::Manife
     if (p.scale.empty()) {
       w.Null();
     } else {
-      const TensorInfo& s = m.tensors[static_cast<size_t>(m.find(p.scale))];
+      const TensorInfo& s = index.at(p.scale);
       w.StartObject();
       w.Key("name");
       str(p.scale);

@@ -11,13 +11,25 @@ namespace st::scales {
 
 namespace {
 
-std::vector<float> decode_scale(const stream::Manifest& m, const stream::Matching& mt, const std::string& name,
-                                const std::vector<uint8_t>& bytes) {
-  for (const auto& p : mt.pairs)
-    if (p.scale == name) return fp8::decode_scales(p.scale_format, bytes);
-  const auto& t = m.tensors[static_cast<size_t>(m.find(name))];
-  return fp8::is_scale_dtype(t.dtype) ? fp8::decode_scales(t.dtype, bytes) : std::vector<float>{};
-}
+// How each scale's bytes decode: as its pair says (U8 exponents are
+// F8_E8M0), else as its own dtype. Built once: one lookup per scale.
+class ScaleDecoder {
+ public:
+  ScaleDecoder(const stream::Manifest& m, const stream::Matching& mt) : index_(m) {
+    for (const auto& p : mt.pairs)
+      if (!p.scale.empty()) format_.emplace(p.scale, p.scale_format);
+  }
+  std::vector<float> operator()(const std::string& name, const std::vector<uint8_t>& bytes) const {
+    if (auto it = format_.find(name); it != format_.end()) return fp8::decode_scales(it->second, bytes);
+    const auto& t = index_.at(name);
+    return fp8::is_scale_dtype(t.dtype) ? fp8::decode_scales(t.dtype, bytes) : std::vector<float>{};
+  }
+  long find(const std::string& name) const { return index_.find(name); }
+
+ private:
+  stream::NameIndex index_;
+  std::unordered_map<std::string, Dtype> format_;
+};
 
 }  // namespace
 
@@ -45,11 +57,14 @@ MarkerData read_markers(stream::Reader& in, size_t& count) {
 bool report_file(const std::string& path, const Options& opt, ReportFormat format, std::ostream& out) {
   source::ListOptions lo;
   lo.lenient_index = true;  // index problems go into the report
-  const source::SafetensorsSource src(model_input::resolve({path}), lo);
+  std::vector<std::string> bad_names;
+  const source::SafetensorsSource src(model_input::resolve({path}, &bad_names), lo);
   const stream::Manifest& m = src.manifest();
   stream::Matching mt = match(m, src.read_markers(), opt);
+  for (const auto& msg : bad_names) mt.problems.push_back({kIndexMismatch, "", msg});
   mt.problems.insert(mt.problems.end(), src.index_problems().begin(), src.index_problems().end());
-  const ScaleValues values = [&](const std::string& name) { return decode_scale(m, mt, name, src.read_tensor(name)); };
+  const ScaleDecoder decode(m, mt);
+  const ScaleValues values = [&](const std::string& name) { return decode(name, src.read_tensor(name)); };
   const bool attention = needs_attention(mt, opt.strict);
   if (format == ReportFormat::Json) print_json(out, path, m, mt, values, attention);
   else print_report(out, m, mt, values);
@@ -70,9 +85,10 @@ void match_stage(stream::Reader& in, stream::Writer& out, const Options& opt, st
   }
   // Scales are small; keep their bytes for the report's min/max.
   std::unordered_map<size_t, std::vector<uint8_t>> scale_bytes;
+  const ScaleDecoder decode(m, *m.matching);
   if (report)
     for (const auto& p : m.matching->pairs)
-      if (!p.scale.empty()) scale_bytes[static_cast<size_t>(m.find(p.scale))];
+      if (!p.scale.empty()) scale_bytes[static_cast<size_t>(decode.find(p.scale))];
   for (;;) {
     const stream::Event ev = in.next();
     if (ev.kind == stream::Event::Kind::End) break;
@@ -87,7 +103,7 @@ void match_stage(stream::Reader& in, stream::Writer& out, const Options& opt, st
   out.finish();
   if (report)
     print_report(*report, m, *m.matching, [&](const std::string& name) {
-      return decode_scale(m, *m.matching, name, scale_bytes.at(static_cast<size_t>(m.find(name))));
+      return decode(name, scale_bytes.at(static_cast<size_t>(decode.find(name))));
     });
 }
 

@@ -423,11 +423,78 @@ def run_case(case_path, tools):
             check(rest in out.split('\n'), 'stdout has no line %r:\n%s' % (rest, out))
         elif word == 'absent':
             check(not os.path.exists(os.path.join(work, rest)), '%s exists' % rest)
-        elif word == 'no-temp-files':
-            left = [f for f in os.listdir(work) if '.st-pack-' in f]
+        elif word == 'no-temp-files':   # none in the work dir or any folder below it
+            left = [os.path.relpath(os.path.join(d, f), work) for d, _, fs in os.walk(work)
+                    for f in fs if '.st-pack-' in f]
             check(not left, 'temporary files left: %s' % left)
+        elif word == 'dir-files':       # dir-files DIR [NAME...]: exactly these entries (hidden ones too);
+            w = split(rest)             # no NAME: DIR is absent or empty
+            path = os.path.join(work, w[0])
+            got = sorted(os.listdir(path)) if os.path.isdir(path) else None
+            if len(w) == 1:
+                check(not got, '%s holds %s, wanted nothing' % (w[0], got))
+            else:
+                check(got == sorted(w[1:]), '%s holds %s, wanted %s' % (w[0], got, sorted(w[1:])))
+        elif word == 'index':           # index FILE SHARD...: FILE is exactly the index of these shards
+            w = split(rest)
+            path = os.path.join(work, w[0])
+            if not os.path.exists(path):
+                check(False, '%s was not written' % w[0])
+                continue
+            weight_map, total = {}, 0
+            try:
+                for shard in w[1:]:
+                    for name, (dtype, shape, data) in read_safetensors(os.path.join(work, shard))[1].items():
+                        check(name not in weight_map, '%r is in %s and %s' % (name, weight_map.get(name), shard))
+                        weight_map[name] = os.path.relpath(os.path.join(work, shard), os.path.dirname(path))
+                        total += len(data)
+            except Exception as ex:  # noqa: BLE001 - a shard that cannot be read is a failure
+                check(False, 'shard not valid: %s' % ex)
+                continue
+            want = json.dumps({'metadata': {'total_size': total}, 'weight_map': weight_map},
+                              indent=2, sort_keys=True) + '\n'
+            got = open(path, encoding='utf-8', errors='replace').read()
+            check(got == want, '%s is\n%s\nwanted\n%s' % (w[0], got, want))
+        elif word == 'union-equals':    # union-equals FILE SHARD...: the shards hold exactly FILE's
+            w = split(rest)             # tensors (bit for bit), each once, and FILE's metadata
+            try:
+                meta, want, _ = read_safetensors(os.path.join(work, w[0]))
+                got = {}
+                for shard in w[1:]:
+                    smeta, t, _ = read_safetensors(os.path.join(work, shard))
+                    check(smeta == meta, '%s metadata %r, wanted %r' % (shard, smeta, meta))
+                    for name in t:
+                        check(name not in got, '%r is in two shards' % name)
+                        got[name] = t[name]
+            except Exception as ex:  # noqa: BLE001
+                check(False, 'not valid safetensors: %s' % ex)
+                continue
+            check(sorted(got) == sorted(want), 'shards hold %s, %s holds %s' % (sorted(got), w[0], sorted(want)))
+            for name in sorted(set(got) & set(want)):
+                check(got[name] == want[name], '%r differs between the shards and %s' % (name, w[0]))
+        elif word == 'json-file':       # json-file FILE: FILE is this JSON (the indented lines), keys in
+            body, i = block(i)          # this order, indented by two spaces
+            path = os.path.join(work, rest)
+            if not os.path.exists(path):
+                check(False, '%s was not written' % rest)
+                continue
+            text = open(path, encoding='utf-8').read()
+            ordered = lambda t: json.loads(t, object_pairs_hook=list)  # noqa: E731 - keeps key order
+            try:
+                got = ordered(text)
+            except ValueError as ex:
+                check(False, '%s is not JSON: %s' % (rest, ex))
+                continue
+            check(got == ordered('\n'.join(b for _, b in body)), '%s is\n%s' % (rest, text))
+            text_lines = text.split('\n')
+            check(len(text_lines) > 1 and text_lines[1].startswith('  "') and not text_lines[1].startswith('   '),
+                  '%s is not indented by two spaces:\n%s' % (rest, text))
         elif word == 'same-bytes':
             a, b = split(rest)
+            missing = [f for f in (a, b) if not os.path.isfile(os.path.join(work, f))]
+            if missing:
+                check(False, '%s: no such file' % ' '.join(missing))
+                continue
             check(open(os.path.join(work, a), 'rb').read() == open(os.path.join(work, b), 'rb').read(),
                   '%s and %s differ' % (a, b))
         elif word == 'each-flip' or word == 'each-cut':
@@ -480,7 +547,11 @@ def run_case(case_path, tools):
                 elif w[0] == 'meta-from':
                     want_meta, want_meta_given = files[w[1]][0], True
                 elif w[0] == 'tensor':
-                    name, dtype, shape, data = tensor_line(b, files)
+                    try:
+                        name, dtype, shape, data = tensor_line(b, files)
+                    except KeyError as ex:   # copied from a file that was not written
+                        check(False, 'no file or tensor %s for %r' % (ex, b))
+                        continue
                     want[name] = (dtype, shape, data)
                 elif w[0] == 'order':
                     check(order == w[1:], 'data order %s, wanted %s' % (order, w[1:]))
