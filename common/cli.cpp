@@ -137,7 +137,7 @@ void add_output_options(cxxopts::Options& o) {
   add_progress_options(o);
 }
 
-pack::Options output_options(const cxxopts::ParseResult& r, const std::string& output) {
+pack::Options output_options(const cxxopts::ParseResult& r, const std::string& output, bool check) {
   pack::Options opt;
   opt.output = output;
   opt.overwrite = r.count("force") > 0;
@@ -149,8 +149,10 @@ pack::Options output_options(const cxxopts::ParseResult& r, const std::string& o
   opt.keep_sharding = r.count("keep-sharding") > 0;
   opt.copy_files = r.count("no-copy") == 0;
   if (opt.keep_sharding && opt.shard_size) usage_error("--shard-size and --keep-sharding do not go together");
+  if (output == "-" && (opt.shard_size || opt.keep_sharding))
+    usage_error("shards cannot go to stdout; give an output folder");
+  if (!check) return opt;
   if (output == "-") {
-    if (opt.shard_size || opt.keep_sharding) usage_error("shards cannot go to stdout; give an output folder");
     refuse_binary_to_tty(opt.overwrite);
   } else if (!pack::sharded(opt)) {
     io::check_output_path(output, opt.overwrite);  // before reading any input

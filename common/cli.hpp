@@ -38,7 +38,8 @@ bool progress_enabled(const cxxopts::ParseResult& r);
 void add_output_options(cxxopts::Options& o);
 // Resolves them for `output` ("-" is stdout: refused on a terminal unless
 // -f); checks early that a file may be written.
-pack::Options output_options(const cxxopts::ParseResult& r, const std::string& output);
+// With check false (a dry run), nothing about the output path is checked.
+pack::Options output_options(const cxxopts::ParseResult& r, const std::string& output, bool check = true);
 
 // --to bf16|f16|f32 (st-dequant, st-convert).
 void add_target_option(cxxopts::Options& o);

@@ -119,25 +119,38 @@ bool sharded(const Options& opt) {
 }
 
 uint64_t parse_size(const std::string& text) {
+  // digits, an optional fraction ("1.5GB", as Hugging Face accepts), a unit
   size_t i = 0;
-  uint64_t n = 0;
-  while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
-    if (n > (UINT64_MAX - 9) / 10) usage_error("size too large: " + text);
-    n = n * 10 + static_cast<uint64_t>(text[i++] - '0');
-  }
-  if (i == 0) usage_error("not a size: '" + text + "' (e.g. 5GB, 500MB, 2GiB)");
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
+  const std::string number = text.substr(0, i);
+  if (number.empty() || number == "." || std::count(number.begin(), number.end(), '.') > 1)
+    usage_error("not a size: '" + text + "' (e.g. 5GB, 1.5GB, 500MB, 2GiB)");
   std::string unit = text.substr(i);
   for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   static const std::pair<const char*, uint64_t> units[] = {
       {"", 1},           {"B", 1},
       {"KB", 1000},      {"MB", 1000'000},      {"GB", 1000'000'000},      {"TB", 1000'000'000'000},
       {"KIB", 1ull << 10}, {"MIB", 1ull << 20}, {"GIB", 1ull << 30}, {"TIB", 1ull << 40}};
-  for (const auto& [name, factor] : units)
-    if (unit == name) {
-      if (n > UINT64_MAX / factor) usage_error("size too large: " + text);
-      if (n * factor == 0) usage_error("the shard size must be positive: " + text);
-      return n * factor;
+  for (const auto& [name, factor] : units) {
+    if (unit != name) continue;
+    // Whole part and fraction separately, so "5GB" is exactly 5e9 (no double).
+    const auto dot = number.find('.');
+    const std::string whole = number.substr(0, dot), frac = dot == std::string::npos ? "" : number.substr(dot + 1);
+    uint64_t n = 0;
+    for (char c : whole) {
+      if (n > (UINT64_MAX - 9) / 10) usage_error("size too large: " + text);
+      n = n * 10 + static_cast<uint64_t>(c - '0');
     }
+    if (n > UINT64_MAX / factor) usage_error("size too large: " + text);
+    n *= factor;
+    uint64_t scale = factor;  // the fraction's digits, truncated to whole bytes as int() does
+    for (char c : frac) {
+      scale /= 10;
+      n += static_cast<uint64_t>(c - '0') * scale;
+    }
+    if (n == 0) usage_error("the shard size must be positive: " + text);
+    return n;
+  }
   usage_error("unknown size unit in '" + text + "' (use KB, MB, GB, TB, or KiB, MiB, GiB, TiB)");
 }
 
@@ -360,22 +373,15 @@ size_t output_files(const stream::Manifest& m, const Options& opt) {
   return opt.output == "-" ? 1 : plan_outputs(m, opt).shards.size();
 }
 
-// Shards written beside the input's would mix two models in one folder (and
-// -f would replace its config.json, which is input too).
+// Shards written into the input model's folder would mix two models in one
+// folder (and -f would replace its config.json, which is input too).
 void refuse_source_folder(const stream::Manifest& m, const std::string& dir) {
   struct stat out;
   if (::stat(dir.c_str(), &out) != 0) return;
-  std::vector<std::string> inputs;
-  if (!m.model_dir.empty()) inputs.push_back(m.model_dir);
-  for (const auto& f : m.shards) inputs.push_back(model_input::dir_name(f));
-  std::string last;
-  for (const auto& t : m.tensors)
-    if (!t.source.empty() && t.source != last) inputs.push_back(model_input::dir_name(last = t.source));
-  for (const auto& in : inputs) {
-    struct stat sb;
-    if (::stat(in.c_str(), &sb) == 0 && sb.st_dev == out.st_dev && sb.st_ino == out.st_ino)
-      fail(dir + ": is the folder of the input model; write the shards to another folder");
-  }
+  if (m.model_dir.empty()) return;  // files beside a single input file are fine (names differ)
+  struct stat sb;
+  if (::stat(m.model_dir.c_str(), &sb) == 0 && sb.st_dev == out.st_dev && sb.st_ino == out.st_ino)
+    fail(dir + ": is the folder of the input model; write the shards to another folder");
 }
 
 void check_output(const stream::Manifest& m, const Options& opt) {
@@ -439,6 +445,29 @@ Result run(stream::Reader& in, const Options& opt) {
   }
   progress.finish();
 
+  // The index, config.json and the model folder's other files, checked
+  // like the shards.
+  for (const auto& e : p.extras) {
+    files.push_back(std::make_unique<io::AtomicOutput>(e.target, opt.overwrite));
+    io::AtomicOutput& f = *files.back();
+    const uint32_t k = static_cast<uint32_t>(files.size() - 1);
+    if (e.source.empty()) {
+      f.pwrite_all(0, e.contents.data(), e.contents.size());
+      if (opt.verify && !e.contents.empty())
+        chunks.push_back({k, 0, e.contents.size(), XXH3_64bits(e.contents.data(), e.contents.size())});
+      continue;
+    }
+    const io::InputFile src(e.source);
+    std::vector<uint8_t> buf(std::min<uint64_t>(src.size(), 4u << 20));
+    f.reserve(src.size());
+    for (uint64_t off = 0; off < src.size();) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), src.size() - off));
+      src.pread_exact(off, buf.data(), n);
+      f.pwrite_all(off, buf.data(), n);
+      if (opt.verify) chunks.push_back({k, off, n, XXH3_64bits(buf.data(), n)});
+      off += n;
+    }
+  }
   if (opt.verify) {
     // Read back what the files now hold and compare with the stream's checksums.
     size_t biggest_header = 0;
@@ -450,33 +479,18 @@ Result run(stream::Reader& in, const Options& opt) {
       if (std::memcmp(buf.data(), header.data(), header.size()) != 0)
         fail(p.shards[s].path + ": verification failed: the header read back differs from the one written");
     }
-    cli::Progress checking(cli::tool_name() + " (verifying)", opt.progress, data_total);
+    uint64_t check_total = 0;
+    for (const Chunk& c : chunks) check_total += c.len;
+    cli::Progress checking(cli::tool_name() + " (verifying)", opt.progress, check_total);
     for (const Chunk& c : chunks) {
       files[c.shard]->with_bytes(c.pos, c.len, buf, [&](const uint8_t* q) {
         if (XXH3_64bits(q, c.len) != c.hash)
-          fail(p.shards[c.shard].path + ": verification failed: bytes read back at offset " + std::to_string(c.pos) +
+          fail(files[c.shard]->target() + ": verification failed: bytes read back at offset " + std::to_string(c.pos) +
                " differ from the stream");
       });
       checking.add(c.len);
     }
     checking.finish();
-  }
-  // The index, config.json and the model folder's other files.
-  for (const auto& e : p.extras) {
-    files.push_back(std::make_unique<io::AtomicOutput>(e.target, opt.overwrite));
-    io::AtomicOutput& f = *files.back();
-    if (e.source.empty()) {
-      f.pwrite_all(0, e.contents.data(), e.contents.size());
-      continue;
-    }
-    const io::InputFile src(e.source);
-    std::vector<uint8_t> buf(std::min<uint64_t>(src.size(), 4u << 20));
-    for (uint64_t off = 0; off < src.size();) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), src.size() - off));
-      src.pread_exact(off, buf.data(), n);
-      f.pwrite_all(off, buf.data(), n);
-      off += n;
-    }
   }
   // Into place as a set: if one cannot be committed, the ones already in
   // place are removed again (they did not exist before, or -f was given).

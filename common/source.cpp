@@ -57,6 +57,14 @@ std::vector<size_t> select(const std::vector<stream::TensorInfo>& all, const Lis
   return kept;
 }
 
+// Indices (file order) of the header's tensors that are in `names`.
+std::vector<size_t> selected_in(const safetensors::Header& h, const std::set<std::string>& names) {
+  std::vector<size_t> kept;
+  for (size_t i = 0; i < h.tensors.size(); ++i)
+    if (names.count(h.tensors[i].name)) kept.push_back(i);
+  return kept;
+}
+
 }  // namespace
 
 SafetensorsSource::SafetensorsSource(const std::string& path, const ListOptions& opt)
@@ -90,9 +98,13 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
     const std::string source = canonical(input_.files[s]);
     for (uint32_t e = 0; e < shard.header.tensors.size(); ++e) {
       const auto& t = shard.header.tensors[e];
-      if (auto [it, fresh] = holder.emplace(t.name, s); !fresh)
-        fail(input_.files[s] + ": tensor " + json::quote(t.name) + " is also in " + input_.files[it->second] +
-             "; a model holds each tensor once");
+      if (auto [it, fresh] = holder.emplace(t.name, s); !fresh) {
+        const std::string msg = input_.files[s] + ": tensor " + json::quote(t.name) + " is also in " +
+                                input_.files[it->second] + "; a model holds each tensor once";
+        if (!opt.lenient_index) fail(msg);
+        index_problems_.push_back({scales::kIndexMismatch, "", msg});
+        continue;  // the report goes on with the first one
+      }
       all.push_back({t.name, t.dtype, t.shape, t.nbytes(), source});
       all_refs.push_back({s, e});
       if (!input_.index.empty()) names[s].push_back(t.name);
@@ -235,20 +247,22 @@ void print_table(std::ostream& out, const safetensors::Header& h) {
     row(t.name, std::string(dtype_name(t.dtype)), scales::shape_text(t.shape), std::to_string(t.nbytes()));
 }
 
-void print_file_table(std::ostream& out, const std::string& path, const ListOptions& opt) {
+void print_file_table(std::ostream& out, const std::string& path, const ListOptions& opt,
+                      const std::set<std::string>* only) {
   const io::InputFile file(path);
   safetensors::Header h = safetensors::read_header(file);
-  const auto kept = select(infos_of(h, path), opt);
+  const auto kept = only ? selected_in(h, *only) : select(infos_of(h, path), opt);
   std::vector<safetensors::TensorEntry> chosen;
   for (size_t i : kept) chosen.push_back(h.tensors[i]);
   h.tensors = std::move(chosen);
   print_table(out, h);
 }
 
-void print_file_json(std::ostream& out, const std::string& path, const ListOptions& opt) {
+void print_file_json(std::ostream& out, const std::string& path, const ListOptions& opt,
+                     const std::set<std::string>* only) {
   const io::InputFile file(path);
   const safetensors::Header h = safetensors::read_header(file);
-  const auto kept = select(infos_of(h, path), opt);
+  const auto kept = only ? selected_in(h, *only) : select(infos_of(h, path), opt);
   std::string j = "{\"file\":";
   json::append_json_string(j, path);
   j += ",\"size\":" + std::to_string(file.size()) + ",\"header_bytes\":" + std::to_string(h.data_start) +
@@ -280,17 +294,21 @@ void print_file_json(std::ostream& out, const std::string& path, const ListOptio
 }
 
 void print_files(std::ostream& out, const model_input::ModelInput& input, const ListOptions& opt, Listing how) {
-  if (const auto missing = model_input::missing_shards(input); !missing.empty()) fail(missing.front());
+  // The same checks as for the stream (index against shards, duplicates)
+  // and the same selection (a scale in another shard follows its weight).
+  const SafetensorsSource src(input, opt);
+  std::set<std::string> selected;
+  for (const auto& t : src.manifest().tensors) selected.insert(t.name);
   const bool several = input.files.size() > 1;
   if (how == Listing::Json && several) out << "[\n";
   for (size_t i = 0; i < input.files.size(); ++i) {
     const std::string& f = input.files[i];
     if (how == Listing::Json) {
       if (i) out << ",\n";
-      print_file_json(out, f, opt);
+      print_file_json(out, f, opt, &selected);
     } else {
       if (several) out << (i ? "\n" : "") << "==> " << f << " <==\n";
-      print_file_table(out, f, opt);
+      print_file_table(out, f, opt, &selected);
     }
   }
   if (how == Listing::Json && several) out << "]\n";

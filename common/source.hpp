@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <ostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -76,10 +77,13 @@ class SafetensorsSource {
 // "NAME DTYPE SHAPE BYTES" table, in file order.
 void print_table(std::ostream& out, const safetensors::Header& h);
 // The same for a file: only its header is read (no config.json, no data).
-void print_file_table(std::ostream& out, const std::string& path, const ListOptions& opt = {});
+// With `only`, just the tensors named there (the selection of a whole model).
+void print_file_table(std::ostream& out, const std::string& path, const ListOptions& opt = {},
+                      const std::set<std::string>* only = nullptr);
 // One JSON document: file, size, header_bytes, metadata (object or null),
 // tensors [{name, dtype, shape, bytes, data_offsets, file_offset}] in file order.
-void print_file_json(std::ostream& out, const std::string& path, const ListOptions& opt = {});
+void print_file_json(std::ostream& out, const std::string& path, const ListOptions& opt = {},
+                     const std::set<std::string>* only = nullptr);
 
 // st-list --table / --json of a model: one file as above; several files as
 // one table each after a "==> FILE <==" line (as head(1) does), or a JSON

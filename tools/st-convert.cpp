@@ -26,12 +26,9 @@ int main(int argc, char** argv) {
     const std::string in = r["in"].as<std::string>();
     const std::string out = r.count("out") ? r["out"].as<std::string>() : st::pipeline::default_output(in, dq.target);
     if (r.count("dry-run")) {
-      st::pack::Options pk;
-      pk.output = out;
-      pk.overwrite = r.count("force") > 0;
-      pk.strip_prefix = r.count("strip-prefix") ? r["strip-prefix"].as<std::string>() : "";
-      pk.add_prefix = r.count("add-prefix") ? r["add-prefix"].as<std::string>() : "";
-      st::pipeline::dry_run(in, dq, pk, std::cout);
+      // The same output options, but the dry run does its own checks (and
+      // prints text, so "-" on a terminal is fine).
+      st::pipeline::dry_run(in, dq, st::cli::output_options(r, out, false), std::cout);
       return 0;
     }
     st::pipeline::convert(in, dq, st::cli::output_options(r, out), st::cli::warn);
