@@ -143,11 +143,13 @@ uint64_t parse_size(const std::string& text) {
     }
     if (n > UINT64_MAX / factor) usage_error("size too large: " + text);
     n *= factor;
-    uint64_t scale = factor;  // the fraction's digits, truncated to whole bytes as int() does
-    for (char c : frac) {
-      scale /= 10;
-      n += static_cast<uint64_t>(c - '0') * scale;
+    // The fraction, to whole bytes rounded down as int() does: digits * factor / 10^digits.
+    unsigned __int128 digits = 0, ten_pow = 1;
+    for (size_t k = 0; k < frac.size() && k < 12; ++k) {
+      digits = digits * 10 + static_cast<unsigned>(frac[k] - '0');
+      ten_pow *= 10;
     }
+    n += static_cast<uint64_t>(digits * factor / ten_pow);
     if (n == 0) usage_error("the shard size must be positive: " + text);
     return n;
   }
