@@ -9,7 +9,8 @@
 # Prints a Markdown table: wall time (median), throughput in input bytes per
 # second, ratio to the floor, and the peak RSS of each stage (/usr/bin/time).
 # The floor is `cat IN IN > OUT`: it reads the input twice and writes as many
-# bytes as the BF16 output, with no fsync. Caches are warm (the input was just
+# bytes as the BF16 output, with no fsync; a second row adds `sync OUT`, as
+# st-pack fsyncs before it renames. Caches are warm (the input was just
 # written); nothing here drops them.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,14 +63,19 @@ for gib in "${sizes[@]}"; do
   mib=$(calc "$bytes / 1048576")
   declare -A res=()
   res[floor]=$(run_case "cat $in $in > $work/out.safetensors")
+  # st-pack fsyncs before it renames; the same copy made durable, for comparison
+  res[durable]=$(run_case "cat $in $in > $work/out.safetensors && sync $work/out.safetensors")
   res[three]=$(run_case "t 1 st-list $in | t 2 st-dequant | t 3 st-pack $work/out.safetensors")
+  res[noverify]=$(run_case "t 1 st-list $in | t 2 st-dequant | t 3 st-pack --no-verify $work/out.safetensors")
   res[four]=$(run_case "t 1 st-list $in | t 2 st-scales | t 3 st-dequant | t 4 st-pack $work/out.safetensors")
   res[convert]=$(run_case "t 1 st-convert $in $work/out.safetensors")
   floor=$(echo "${res[floor]}" | awk '{print $1}')
-  for k in floor three four convert; do
+  for k in floor durable three noverify four convert; do
     case $k in
       floor) label='floor: cat IN IN > OUT' ;;
+      durable) label='floor made durable: cat IN IN > OUT; sync OUT' ;;
       three) label='st-list \| st-dequant \| st-pack' ;;
+      noverify) label='the same, st-pack --no-verify (no read-back)' ;;
       four) label='st-list \| st-scales \| st-dequant \| st-pack' ;;
       convert) label='st-convert' ;;
     esac

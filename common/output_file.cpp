@@ -53,6 +53,19 @@ class SignalBlock {
   sigset_t old_;
 };
 
+}  // namespace
+
+SignalsHeld::SignalsHeld() {
+  sigset_t block;
+  sigemptyset(&block);
+  for (int s : kSignals) sigaddset(&block, s);
+  ::pthread_sigmask(SIG_BLOCK, &block, &old_);
+}
+
+SignalsHeld::~SignalsHeld() { ::pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
+
+namespace {
+
 void install_handlers() {
   struct sigaction sa{};
   sa.sa_handler = on_signal;
@@ -134,15 +147,14 @@ void AtomicOutput::cleanup() noexcept {
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   if (slot_ < 0) return;
-  char* path = nullptr;
+  char* path = g_temps[slot_];
+  if (!committed_) ::unlink(path);  // first: a signal meanwhile finds it in the table
   {
     const SignalBlock blocked;
-    path = g_temps[slot_];
     g_temps[slot_] = nullptr;
     slot_ = -1;
     if (--g_open_temps == 0) restore_handlers();
   }
-  if (!committed_) ::unlink(path);
   std::free(path);
 }
 
@@ -209,11 +221,19 @@ void AtomicOutput::start_writeback() {
 #endif
 }
 
+#ifdef MAP_POPULATE
+constexpr int kPopulate = MAP_POPULATE;
+#else
+constexpr int kPopulate = 0;
+#endif
+
 const uint8_t* AtomicOutput::map_window(uint64_t offset, size_t n) const {
   if (n == 0) return nullptr;
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   const uint64_t start = offset / page * page;
-  void* p = ::mmap(nullptr, n + (offset - start), PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
+  // MAP_POPULATE maps the whole window at once: one fault per 4 KiB page
+  // was measured as seconds of system time for a multi-GB output.
+  void* p = ::mmap(nullptr, n + (offset - start), PROT_READ, MAP_SHARED | kPopulate, fd_, static_cast<off_t>(start));
   if (p == MAP_FAILED) return nullptr;
   return static_cast<const uint8_t*>(p) + (offset - start);
 }
@@ -224,8 +244,14 @@ void AtomicOutput::unmap_window(const uint8_t* p, uint64_t offset, size_t n) con
   ::munmap(const_cast<uint8_t*>(p - lead), n + lead);
 }
 
-void AtomicOutput::commit() {
+void AtomicOutput::sync() {
+  if (synced_) return;
   if (::fsync(fd_) != 0) fail(target_ + ": fsync failed: " + errno_text(errno));
+  synced_ = true;
+}
+
+void AtomicOutput::commit() {
+  sync();
   if (::close(fd_) != 0) {
     fd_ = -1;
     fail(target_ + ": close failed: " + errno_text(errno));

@@ -4,6 +4,8 @@
 // or SIGHUP the temporary file is removed and the target is untouched.
 #pragma once
 
+#include <signal.h>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -44,6 +46,9 @@ class AtomicOutput {
       f(buf.data());
     }
   }
+  // fsync (commit() does it too; calling it first for every file of a set
+  // keeps the slow part out of the moment the set is moved into place).
+  void sync();
   // fsync, then move into place (refusing to replace a file that appeared
   // meanwhile unless overwrite), then fsync the directory.
   void commit();
@@ -62,7 +67,22 @@ class AtomicOutput {
   int fd_ = -1;
   bool committed_ = false;
   bool uncommitted_ = false;
+  bool synced_ = false;
   long slot_ = -1;  // in the signal handler's table of temporary files
+};
+
+// SIGINT, SIGTERM and SIGHUP held back (in this thread) for its lifetime:
+// a set of files is moved into place whole, and a signal that arrived
+// meanwhile takes effect after.
+class SignalsHeld {
+ public:
+  SignalsHeld();
+  ~SignalsHeld();
+  SignalsHeld(const SignalsHeld&) = delete;
+  SignalsHeld& operator=(const SignalsHeld&) = delete;
+
+ private:
+  sigset_t old_;
 };
 
 // Checks that `target` may be written (for a fail-fast check before reading

@@ -496,12 +496,16 @@ Result run(stream::Reader& in, const Options& opt) {
   }
   // Into place as a set: if one cannot be committed, the ones already in
   // place are removed again (they did not exist before, or -f was given).
+  for (auto& f : files) f->sync();  // the slow part, still interruptible
   size_t committed = 0;
-  try {
-    for (; committed < files.size(); ++committed) files[committed]->commit();
-  } catch (...) {
-    for (size_t k = 0; k < committed; ++k) files[k]->uncommit();
-    throw;
+  {
+    const io::SignalsHeld held;  // renames only: a Ctrl-C now lands after the whole set
+    try {
+      for (; committed < files.size(); ++committed) files[committed]->commit();
+    } catch (...) {
+      for (size_t k = 0; k < committed; ++k) files[k]->uncommit();
+      throw;
+    }
   }
   dir.keep();
   uint64_t total = 0;
