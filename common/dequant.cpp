@@ -174,7 +174,7 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
     const size_t i = ev.tensor;
     if (ev.kind == Event::Kind::Data) {
       switch (action[i]) {
-        case Action::Pass: out.data(static_cast<uint32_t>(out_index[i]), ev.data); break;
+        case Action::Pass: out.data(static_cast<uint32_t>(out_index[i]), ev.data, ev.hash); break;
         case Action::HoldScale: held[i].insert(held[i].end(), ev.data.begin(), ev.data.end()); break;
         case Action::Drop: break;
         case Action::Convert: {
@@ -232,6 +232,7 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
     if (!b.empty()) {
       ev.kind = Event::Kind::Data;
       ev.data = b;
+      ev.hash = stream::data_hash(b);  // as if read: handle() passes it on
       handle(ev);
     }
     ev.kind = Event::Kind::TensorEnd;

@@ -93,7 +93,7 @@ void match_stage(stream::Reader& in, stream::Writer& out, const Options& opt, st
     const stream::Event ev = in.next();
     if (ev.kind == stream::Event::Kind::End) break;
     if (ev.kind == stream::Event::Kind::Data) {
-      out.data(ev.tensor, ev.data);
+      out.data(ev.tensor, ev.data, ev.hash);  // checked by the reader: not hashed again
       if (auto it = scale_bytes.find(ev.tensor); it != scale_bytes.end())
         it->second.insert(it->second.end(), ev.data.begin(), ev.data.end());
     } else {

@@ -134,7 +134,15 @@ void Writer::begin(const Manifest& m) {
   h_->combined.reset();
 }
 
-void Writer::data(uint32_t index, std::span<const uint8_t> bytes) {
+uint64_t data_hash(std::span<const uint8_t> bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
+
+void Writer::data(uint32_t index, std::span<const uint8_t> bytes) { data_frames(index, bytes, nullptr); }
+
+void Writer::data(uint32_t index, std::span<const uint8_t> bytes, uint64_t known_hash) {
+  data_frames(index, bytes, bytes.size() <= chunk_bytes_ ? &known_hash : nullptr);
+}
+
+void Writer::data_frames(uint32_t index, std::span<const uint8_t> bytes, const uint64_t* known_hash) {
   if (index != current_ || index >= sizes_.size()) throw Error("internal: stream data out of order");
   if (bytes.size() > sizes_[index] - offset_) throw Error("internal: stream data larger than its tensor");
   while (!bytes.empty()) {
@@ -142,7 +150,7 @@ void Writer::data(uint32_t index, std::span<const uint8_t> bytes) {
     uint8_t sub[kDataSubheaderBytes] = {};
     put_u32(sub, index);
     put_u64(sub + 8, offset_);
-    const uint64_t data_hash = XXH3_64bits(bytes.data(), n);
+    const uint64_t data_hash = known_hash && n == bytes.size() ? *known_hash : XXH3_64bits(bytes.data(), n);
     put_u64(sub + 16, data_hash);
     struct iovec v[2] = {{sub, sizeof sub}, {const_cast<uint8_t*>(bytes.data()), n}};
     frame(kFrameData, v, 2, 1);  // the data is covered by data_hash

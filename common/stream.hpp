@@ -34,6 +34,10 @@ class Writer {
   // Appends bytes to tensor `index`, which must be the current tensor (the
   // first one not yet ended). Splits into DATA frames of chunk_bytes.
   void data(uint32_t index, std::span<const uint8_t> bytes);
+  // The same for bytes whose XXH3-64 (data_hash) is already known (a DATA event that a
+  // Reader checked, passed on unchanged): not hashed again when they fit
+  // one frame.
+  void data(uint32_t index, std::span<const uint8_t> bytes, uint64_t known_hash);
   void end_tensor(uint32_t index);
   void finish();
 
@@ -41,6 +45,7 @@ class Writer {
   // The frame checksum covers the header and the first `hashed` parts.
   void frame(uint32_t type, const struct iovec* parts, int count, int hashed);
   void preamble();
+  void data_frames(uint32_t index, std::span<const uint8_t> bytes, const uint64_t* known_hash);
 
   io::Sink& sink_;
   bool begun_ = false;
@@ -69,6 +74,9 @@ struct Event {
   uint64_t hash = 0;                 // Data: XXH3-64 of these bytes (checked);
                                      // TensorEnd: the tensor checksum (§6)
 };
+
+// The XXH3-64 a DATA frame carries for these bytes (Event::hash).
+uint64_t data_hash(std::span<const uint8_t> bytes);
 
 class Reader {
  public:

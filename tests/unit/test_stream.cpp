@@ -1025,3 +1025,46 @@ TEST_CASE("1.1 model fields survive the manifest round trip", "[stream][manifest
         R"({"format":"st-stream","version":"1.1","producer":"p","metadata":null,"tensors":[],"shards":"x"})"));
   }
 }
+
+TEST_CASE("Writer::data with a known hash writes the same stream as without", "[stream][writer]") {
+  // A stage that passes a checked DATA event on gives its hash; the stream
+  // must be the one the Writer would have written, and a large span (more
+  // than one frame) is hashed per frame as usual.
+  stream::Manifest m;
+  m.producer = "pass";
+  m.tensors = {ti("small", Dtype::U8, {1000}, 1000), ti("big", Dtype::U8, {5u << 20}, 5u << 20)};
+  Bytes small(1000), big(5u << 20);
+  for (size_t i = 0; i < small.size(); ++i) small[i] = uint8_t(i * 7);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = uint8_t(i * 13 + (i >> 10));
+  auto write = [&](bool known) {
+    st::io::MemorySink sink;
+    stream::Writer w(sink);
+    w.begin(m);
+    if (known) w.data(0, small, xxh(small.data(), small.size()));
+    else w.data(0, small);
+    w.end_tensor(0);
+    if (known) w.data(1, big, 12345);  // more than one frame: the given hash cannot apply, and is not used
+    else w.data(1, big);
+    w.end_tensor(1);
+    w.finish();
+    return sink.bytes;
+  };
+  const Bytes plain = write(false), with_hash = write(true);
+  CHECK(plain == with_hash);
+  const auto rb = read_all(with_hash);
+  CHECK(rb.tensors.at(0) == small);
+  CHECK(rb.tensors.at(1) == big);
+  SECTION("a wrong known hash is caught by the next reader") {
+    st::io::MemorySink sink;
+    {
+      stream::Writer w(sink);
+      w.begin(m);
+      w.data(0, small, 42);
+      w.end_tensor(0);
+      w.data(1, big);
+      w.end_tensor(1);
+      w.finish();
+    }
+    CHECK_THROWS_AS(read_all(sink.bytes), st::Error);
+  }
+}
