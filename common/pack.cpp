@@ -282,7 +282,7 @@ OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
   const size_t n = groups.size();
   for (size_t s = 0; s < n; ++s) {
     ShardPlan sh;
-    char suffix[32];
+    char suffix[48];  // two u64s at most: 46 bytes
     std::snprintf(suffix, sizeof suffix, "-%05zu-of-%05zu", s + 1, n);
     sh.path = join(p.dir, prefix + (n == 1 ? "" : suffix) + ".safetensors");
     sh.tensors = groups[s];
