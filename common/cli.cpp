@@ -1,6 +1,8 @@
 #include "cli.hpp"
 
+#include <limits.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -42,12 +44,35 @@ void warn(const std::string& message) {
   std::cerr << g_tool << ": warning: " << message << '\n';
 }
 
+namespace {
+
+// A sharded model keeps one descriptor per input shard (st-list) and per
+// output shard until the set is complete (st-pack); st-convert has both.
+// DeepSeek-V3 is 163 shards in, ~270 out at 5 GB: more than macOS's default
+// soft limit of 256. Raise the soft limit to the hard one (capped at
+// OPEN_MAX on macOS, where RLIM_INFINITY is refused).
+void raise_fd_limit() {
+  struct rlimit rl;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  rlim_t want = rl.rlim_max;
+#ifdef OPEN_MAX
+  if (want == RLIM_INFINITY || want > static_cast<rlim_t>(OPEN_MAX)) want = OPEN_MAX;
+#endif
+  if (want == RLIM_INFINITY) want = 1u << 16;
+  if (rl.rlim_cur >= want) return;
+  rl.rlim_cur = want;
+  ::setrlimit(RLIMIT_NOFILE, &rl);  // best effort
+}
+
+}  // namespace
+
 int run(const char* tool, const std::function<int()>& body) {
   g_tool = tool;
   ::signal(SIGPIPE, SIG_DFL);
   // A file size limit (ulimit -f) makes write() fail with EFBIG instead of
   // killing us, so the error is reported and the temporary file removed.
   ::signal(SIGXFSZ, SIG_IGN);
+  raise_fd_limit();
   int code;
   try {
     code = body();

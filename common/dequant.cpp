@@ -96,7 +96,12 @@ stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matchi
   om.metadata = m.metadata;
   om.shards = m.shards;
   om.model_dir = m.model_dir;
-  om.converted_to = fp8::target_dtype(target);
+  // Only a model whose FP8 weights were all converted loses its
+  // quantization_config (st-pack's config.json): none converted, or layers
+  // left in a format we do not convert, keep the config as it was.
+  const bool left_quantized = std::any_of(mt.problems.begin(), mt.problems.end(),
+                                          [](const auto& p) { return p.kind == scales::kUnconverted; });
+  if (!mt.pairs.empty() && !left_quantized) om.converted_to = fp8::target_dtype(target);
   if (om.metadata)
     for (const auto& e : mt.metadata_edits) {
       auto& md = *om.metadata;

@@ -57,6 +57,7 @@ std::vector<std::string> folder_files(const std::string& dir) {
 std::string shard_name_problem(const std::string& index, const std::string& name) {
   auto bad = [&](const std::string& why) { return index + ": weight_map names shard " + json::quote(name) + ", " + why; };
   if (name.empty()) return bad("an empty name");
+  if (name.find('\0') != std::string::npos) return bad("which holds a NUL byte");
   if (name[0] == '/' || name[0] == '\\' || (name.size() > 1 && name[1] == ':'))
     return bad("which is not a relative path");
   std::string part;

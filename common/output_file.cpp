@@ -64,6 +64,13 @@ SignalsHeld::SignalsHeld() {
 
 SignalsHeld::~SignalsHeld() { ::pthread_sigmask(SIG_SETMASK, &old_, nullptr); }
 
+void SignalsHeld::release_in_this_thread() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : kSignals) sigaddset(&set, s);
+  ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+}
+
 namespace {
 
 void install_handlers() {
@@ -96,6 +103,15 @@ std::string base_of(const std::string& path) {
 }
 
 }  // namespace
+
+void check_free_space(const std::string& dir, uint64_t bytes, const std::string& what) {
+  struct statvfs fs;
+  if (::statvfs(dir.c_str(), &fs) != 0) return;  // unknown: reserve() and write() still check
+  const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+  if (free_bytes < bytes)
+    fail(what + ": not enough space: the output needs " + std::to_string(bytes) + " bytes, the filesystem has " +
+         std::to_string(free_bytes) + " free");
+}
 
 void check_output_path(const std::string& target, bool overwrite) {
   if (target.empty()) usage_error("empty output path");

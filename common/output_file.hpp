@@ -78,12 +78,20 @@ class SignalsHeld {
  public:
   SignalsHeld();
   ~SignalsHeld();
+  // Unblocks them in the calling thread (a thread that inherited a block
+  // and is the one that should take them).
+  static void release_in_this_thread();
   SignalsHeld(const SignalsHeld&) = delete;
   SignalsHeld& operator=(const SignalsHeld&) = delete;
 
  private:
   sigset_t old_;
 };
+
+// Fails, naming `what`, when the filesystem of `dir` has fewer than `bytes`
+// free (for a set of files: each file's reserve() alone cannot see the sum
+// where space is not preallocated, e.g. on macOS).
+void check_free_space(const std::string& dir, uint64_t bytes, const std::string& what);
 
 // Checks that `target` may be written (for a fail-fast check before reading
 // any input); throws st::Error naming it otherwise.

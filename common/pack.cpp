@@ -6,10 +6,12 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <unordered_map>
 #include <fstream>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <cctype>
 #include <cstdio>
@@ -141,7 +143,7 @@ uint64_t parse_size(const std::string& text) {
       if (n > (UINT64_MAX - 9) / 10) usage_error("size too large: " + text);
       n = n * 10 + static_cast<uint64_t>(c - '0');
     }
-    if (n > UINT64_MAX / factor) usage_error("size too large: " + text);
+    if (n >= UINT64_MAX / factor) usage_error("size too large: " + text);  // room for the fraction (< factor)
     n *= factor;
     // The fraction, to whole bytes rounded down as int() does: digits * factor / 10^digits.
     unsigned __int128 digits = 0, ten_pow = 1;
@@ -253,6 +255,59 @@ std::string index_json(const stream::Manifest& m, const OutputPlan& p, const Opt
   return j;
 }
 
+std::string real_path(const std::string& p) {
+  char* r = ::realpath(p.c_str(), nullptr);
+  if (!r) return "";
+  std::string out(r);
+  std::free(r);
+  return out;
+}
+
+bool under(const std::string& path, const std::string& dir) {
+  return !dir.empty() && path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
+         (dir.back() == '/' || path[dir.size()] == '/');
+}
+
+// A file of the model folder may be a link (the Hugging Face cache links
+// snapshots/<rev>/NAME to ../../blobs/<hash>), but only to a file in the
+// folder or in that cache's blobs: a link elsewhere (~/.ssh/...) is not
+// copied into an output that may be uploaded.
+// plan_outputs runs more than once (check, dry run, write): say things once.
+void warn_once(const std::string& message) {
+  static std::set<std::string> said;
+  if (said.insert(message).second) cli::warn(message);
+}
+
+bool inside_model(const std::string& model_dir, const std::string& file) {
+  const std::string dir = real_path(model_dir), target = real_path(file);
+  if (target.empty() || dir.empty()) return false;
+  return under(target, dir) || under(target, real_path(model_dir + "/../../blobs"));
+}
+
+// model_dir comes from the stream: copy from it only if it is where the
+// stream's tensors came from (a stored or crafted stream cannot make st-pack
+// copy the files of some other folder).
+bool model_dir_trusted(const stream::Manifest& m) {
+  const std::string dir = real_path(m.model_dir);
+  bool any = false;
+  std::string last;
+  for (const auto& t : m.tensors) {
+    if (t.source == last) continue;
+    last = t.source;
+    if (!under(real_path(t.source), dir)) {
+      warn_once("not copying the files of " + m.model_dir + ": the stream's tensors did not all come from it");
+      return false;
+    }
+    any = true;
+  }
+  for (const auto& f : m.shards)
+    if (!under(real_path(f), dir)) {
+      warn_once("not copying the files of " + m.model_dir + ": the stream's shards are not all in it");
+      return false;
+    }
+  return any || !m.shards.empty();
+}
+
 OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
   OutputPlan p;
   plan(m, false, opt);  // checks the renamed names of the whole model once
@@ -298,7 +353,7 @@ OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
   }
   if (n > 1) p.extras.push_back({join(p.dir, prefix + ".safetensors.index.json"), "", index_json(m, p, opt)});
   // A model folder: its config.json (converted) and other files come along.
-  if (!m.model_dir.empty() && opt.copy_files) {
+  if (!m.model_dir.empty() && opt.copy_files && model_dir_trusted(m)) {
     std::vector<std::string> names;
     if (DIR* d = ::opendir(m.model_dir.c_str())) {
       while (const dirent* e = ::readdir(d)) names.emplace_back(e->d_name);
@@ -311,6 +366,10 @@ OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
       const std::string src = join(m.model_dir, name);
       struct stat fs;
       if (name.empty() || name[0] == '.' || ::stat(src.c_str(), &fs) != 0 || !S_ISREG(fs.st_mode)) continue;
+      if (!inside_model(m.model_dir, src)) {
+        warn_once("not copying " + src + ": a link to a file outside the model folder");
+        continue;
+      }
       if (model_input::ends_with(name, ".safetensors") || model_input::ends_with(name, ".safetensors.index.json")) continue;
       const std::string target = join(p.dir, name);
       if (name == "config.json" && m.converted_to) {
@@ -380,10 +439,16 @@ size_t output_files(const stream::Manifest& m, const Options& opt) {
 void refuse_source_folder(const stream::Manifest& m, const std::string& dir) {
   struct stat out;
   if (::stat(dir.c_str(), &out) != 0) return;
-  if (m.model_dir.empty()) return;  // files beside a single input file are fine (names differ)
-  struct stat sb;
-  if (::stat(m.model_dir.c_str(), &sb) == 0 && sb.st_dev == out.st_dev && sb.st_ino == out.st_ino)
-    fail(dir + ": is the folder of the input model; write the shards to another folder");
+  // The model folder, or the folder of input shards given one by one; files
+  // beside a single input file are fine (their names differ).
+  std::vector<std::string> inputs;
+  if (!m.model_dir.empty()) inputs.push_back(m.model_dir);
+  for (const auto& f : m.shards) inputs.push_back(model_input::dir_name(f));
+  for (const auto& in : inputs) {
+    struct stat sb;
+    if (::stat(in.c_str(), &sb) == 0 && sb.st_dev == out.st_dev && sb.st_ino == out.st_ino)
+      fail(dir + ": is the folder of the input model; write the shards to another folder");
+  }
 }
 
 void check_output(const stream::Manifest& m, const Options& opt) {
@@ -412,6 +477,15 @@ Result run(stream::Reader& in, const Options& opt) {
   const OutputPlan p = plan_outputs(m, opt);
   check_output(m, opt);  // every file of the set, before any data is read
   OutputDir dir(p.dir);
+  if (!p.dir.empty()) {  // the whole set at once (each file also reserves its own space)
+    uint64_t set_bytes = 0;
+    for (const auto& sh : p.shards) set_bytes += sh.size();
+    for (const auto& e : p.extras) {
+      struct stat sb;
+      set_bytes += e.source.empty() ? e.contents.size() : (::stat(e.source.c_str(), &sb) == 0 ? static_cast<uint64_t>(sb.st_size) : 0);
+    }
+    io::check_free_space(p.dir, set_bytes, p.dir);
+  }
 
   std::vector<std::unique_ptr<io::AtomicOutput>> files;
   uint64_t data_total = 0;
@@ -421,12 +495,31 @@ Result run(stream::Reader& in, const Options& opt) {
     files.back()->pwrite_all(0, sh.layout.header.data(), sh.layout.header.size());
     data_total += sh.layout.data_bytes;
   }
-  // Where each checked chunk went, to read it back: 32 bytes per 4 MiB.
-  struct Chunk {
-    uint32_t shard;
-    uint64_t pos, len, hash;
+  // What was written where, to read it back: runs of contiguous pieces of
+  // equal length in one file with their hashes chained, so this grows with
+  // the tensors, not with the frames (256 KiB each from st-dequant).
+  struct Written {
+    uint32_t file;
+    uint64_t pos, len, count, chain;
   };
-  std::vector<Chunk> chunks;
+  std::vector<Written> written;
+  auto chain = [](uint64_t c, uint64_t h) {
+    uint8_t b[8];
+    for (int k = 0; k < 8; ++k) b[k] = static_cast<uint8_t>(h >> (8 * k));
+    return XXH3_64bits_withSeed(b, sizeof b, c);
+  };
+  auto record = [&](uint32_t f, uint64_t pos, uint64_t len, uint64_t hash) {
+    if (!opt.verify) return;
+    if (!written.empty()) {
+      Written& w = written.back();
+      if (w.file == f && w.len == len && w.pos + w.len * w.count == pos) {
+        ++w.count;
+        w.chain = chain(w.chain, hash);
+        return;
+      }
+    }
+    written.push_back({f, pos, len, 1, chain(0, hash)});
+  };
   constexpr uint64_t kWritebackBytes = 64u << 20;
   uint64_t unwritten = 0;
   cli::Progress progress(cli::tool_name(), opt.progress, data_total);
@@ -437,7 +530,7 @@ Result run(stream::Reader& in, const Options& opt) {
       const uint32_t s = p.shard_of[ev.tensor];
       const uint64_t pos = p.shards[s].layout.header.size() + p.offset[ev.tensor] + ev.offset;
       files[s]->pwrite_all(pos, ev.data.data(), ev.data.size());
-      if (opt.verify) chunks.push_back({s, pos, ev.data.size(), ev.hash});
+      record(s, pos, ev.data.size(), ev.hash);
       progress.add(ev.data.size());
       if ((unwritten += ev.data.size()) >= kWritebackBytes) {
         files[s]->start_writeback();  // overlap the disk writes with the stream
@@ -455,8 +548,7 @@ Result run(stream::Reader& in, const Options& opt) {
     const uint32_t k = static_cast<uint32_t>(files.size() - 1);
     if (e.source.empty()) {
       f.pwrite_all(0, e.contents.data(), e.contents.size());
-      if (opt.verify && !e.contents.empty())
-        chunks.push_back({k, 0, e.contents.size(), XXH3_64bits(e.contents.data(), e.contents.size())});
+      if (!e.contents.empty()) record(k, 0, e.contents.size(), XXH3_64bits(e.contents.data(), e.contents.size()));
       continue;
     }
     const io::InputFile src(e.source);
@@ -466,7 +558,7 @@ Result run(stream::Reader& in, const Options& opt) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), src.size() - off));
       src.pread_exact(off, buf.data(), n);
       f.pwrite_all(off, buf.data(), n);
-      if (opt.verify) chunks.push_back({k, off, n, XXH3_64bits(buf.data(), n)});
+      if (opt.verify) record(k, off, n, XXH3_64bits(buf.data(), n));
       off += n;
     }
   }
@@ -482,15 +574,17 @@ Result run(stream::Reader& in, const Options& opt) {
         fail(p.shards[s].path + ": verification failed: the header read back differs from the one written");
     }
     uint64_t check_total = 0;
-    for (const Chunk& c : chunks) check_total += c.len;
+    for (const Written& w : written) check_total += w.len * w.count;
     cli::Progress checking(cli::tool_name() + " (verifying)", opt.progress, check_total);
-    for (const Chunk& c : chunks) {
-      files[c.shard]->with_bytes(c.pos, c.len, buf, [&](const uint8_t* q) {
-        if (XXH3_64bits(q, c.len) != c.hash)
-          fail(files[c.shard]->target() + ": verification failed: bytes read back at offset " + std::to_string(c.pos) +
-               " differ from the stream");
-      });
-      checking.add(c.len);
+    for (const Written& w : written) {
+      uint64_t c = 0;
+      for (uint64_t k = 0; k < w.count; ++k) {
+        files[w.file]->with_bytes(w.pos + k * w.len, w.len, buf, [&](const uint8_t* q) { c = chain(c, XXH3_64bits(q, w.len)); });
+        checking.add(w.len);
+      }
+      if (c != w.chain)
+        fail(files[w.file]->target() + ": verification failed: bytes read back at offsets " + std::to_string(w.pos) +
+             "-" + std::to_string(w.pos + w.len * w.count) + " differ from the stream");
     }
     checking.finish();
   }

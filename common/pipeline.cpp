@@ -74,6 +74,12 @@ void convert(const std::string& input, const dequant::Options& dq, const pack::O
   if (pk.output != "-" && !pack::sharded(pk)) io::check_output_path(pk.output, pk.overwrite);
   const source::SafetensorsSource src(input);       // a bad header fails here, with nothing started
   ::signal(SIGPIPE, SIG_IGN);  // a stage that dies must not kill the process: its error is reported
+  // SIGINT, SIGTERM and SIGHUP go to the pack thread only: its temporary
+  // files are removed by the handler in the thread that owns them, and while
+  // it moves a set of shards into place (signals held) no other thread can
+  // take the signal and end the process halfway. Main, list and dequant
+  // threads block them (the threads inherit the mask).
+  const io::SignalsHeld held_here;
   Pipe a, b;
   std::exception_ptr e_list, e_dequant, e_pack;
   std::thread t1 = stage(e_list, a.w, -1, [&] {
@@ -89,6 +95,7 @@ void convert(const std::string& input, const dequant::Options& dq, const pack::O
     dequant::run(reader, writer, dq, warn);
   });
   std::thread t3 = stage(e_pack, b.r, -1, [&] {
+    io::SignalsHeld::release_in_this_thread();
     io::FdSource in(b.r, "st-dequant output");
     stream::Reader reader(in, "st-dequant output");
     pack::run(reader, pk);

@@ -84,7 +84,7 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
     input_.files.clear();
     for (const auto& f : input.files) {
       struct stat sb;
-      if (::stat(f.c_str(), &sb) == 0) input_.files.push_back(f);
+      if (::stat(f.c_str(), &sb) == 0 && S_ISREG(sb.st_mode)) input_.files.push_back(f);  // as missing_shards
     }
     if (input_.files.empty()) fail(input.index + ": none of the shards it names exists");
   }

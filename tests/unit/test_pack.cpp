@@ -26,7 +26,7 @@ TEST_CASE("parse_size: decimal and binary units, fractions rounded down", "[pack
 
 TEST_CASE("parse_size refuses what is not a size", "[pack][size]") {
   for (const char* bad : {"", "GB", "5XB", "-5GB", "1..5GB", ".", "0", "0GB", "0.0001KB", "5 GB",
-                          "99999999999999999999", "20000000TB"}) {
+                          "99999999999999999999", "20000000TB", "18446744073.9GB", "17179869183.9999GiB"}) {
     INFO(bad);
     CHECK_THROWS_AS(parse_size(bad), st::Error);
   }
