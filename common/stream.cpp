@@ -263,8 +263,18 @@ uint32_t Reader::read_frame() {
     if (len > limit) corrupt("frame length " + std::to_string(len) + " exceeds the limit of " + std::to_string(limit));
     if (flags != 0) corrupt("reserved frame flags are not zero (corrupt stream?)");
     const size_t pad = padding_for(len);
-    buf_.resize(static_cast<size_t>(len) + pad);
-    if (src_.read_full(buf_.data(), buf_.size()) != buf_.size()) corrupt("stream truncated inside a frame");
+    // Memory follows the bytes that actually arrive, not the length a frame
+    // claims: a 256 MiB manifest claim followed by nothing costs 1 MiB.
+    const size_t total = static_cast<size_t>(len) + pad;
+    constexpr size_t kFirstStep = 1u << 20;
+    buf_.resize(std::min(total, std::max(kFirstStep, buf_.capacity())));
+    for (size_t have = 0;;) {
+      const size_t n = src_.read_full(buf_.data() + have, buf_.size() - have);
+      have += n;
+      if (have < buf_.size()) corrupt("stream truncated inside a frame");
+      if (have == total) break;
+      buf_.resize(std::min(total, buf_.size() * 2));
+    }
     for (size_t i = 0; i < pad; ++i)
       if (buf_[len + i] != 0) corrupt("frame padding is not zero");
     // A DATA frame's checksum covers its sub-header; the sub-header's data

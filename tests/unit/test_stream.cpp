@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <sys/resource.h>
+
 #include "catch.hpp"
 #include "error.hpp"
 #include "io.hpp"
@@ -783,6 +785,20 @@ TEST_CASE("claimed payload lengths over a type's limit are refused before alloca
   for (const auto& c : cases) {
     INFO(c.name);
     CHECK(rejected(header_only(c.type, c.len)));
+  }
+  SECTION("a length within the limit costs the bytes that arrive, not the claim") {
+    // MANIFEST claiming 250 MiB, then 10 bytes and the end of the stream:
+    // rejected as truncated, and the process's peak memory must not jump by
+    // the claimed size (memory follows what arrives: #6's memory bound).
+    Bytes s = header_only(stream::kFrameManifest, 250ull << 20);
+    s.insert(s.end(), 10, 0x20);
+    struct rusage before, after;
+    getrusage(RUSAGE_SELF, &before);
+    CHECK(rejected(s));
+    getrusage(RUSAGE_SELF, &after);
+    const long grew_kib = after.ru_maxrss - before.ru_maxrss;  // KiB on Linux
+    INFO("peak RSS grew by " << grew_kib << " KiB");
+    CHECK(grew_kib < 64 * 1024);
   }
   SECTION("a skippable frame of exactly 16 MiB is accepted") {
     auto fr = hand_frames();
