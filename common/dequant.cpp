@@ -135,21 +135,20 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   if (recorded) scales::validate(m, mt);
 
   const size_t n = m.tensors.size();
-  std::unordered_map<std::string, size_t> index;
-  for (size_t i = 0; i < n; ++i) index.emplace(m.tensors[i].name, i);
+  const stream::NameIndex index(m);
   std::vector<Action> action(n, Action::Pass);
   std::vector<long> pair_of(n, -1);   // Convert: index into mt.pairs
   std::vector<long> scale_of(n, -1);  // Convert: input index of its scale
   std::vector<long> scale2_of(n, -1); // Convert: input index of its second scale
-  for (const auto& d : mt.drop) action[index.at(d)] = Action::Drop;
+  for (const auto& d : mt.drop) action[index.position(d)] = Action::Drop;
   for (size_t k = 0; k < mt.pairs.size(); ++k) {
     const auto& p = mt.pairs[k];
-    const size_t w = index.at(p.weight);
+    const size_t w = index.position(p.weight);
     action[w] = Action::Convert;
     pair_of[w] = static_cast<long>(k);
     for (const auto* sname : {&p.scale, &p.scale2}) {
       if (sname->empty()) continue;
-      const size_t s = index.at(*sname);
+      const size_t s = index.position(*sname);
       action[s] = Action::HoldScale;
       (sname == &p.scale ? scale_of : scale2_of)[w] = static_cast<long>(s);
       if (s > w)
@@ -158,6 +157,7 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
     }
   }
 
+  const std::vector<Dtype> scale_format = scales::scale_decode_formats(m, mt);
   Summary sum;
   std::vector<long> out_index;
   const stream::Manifest om = output_manifest(m, mt, opt.target, &out_index);
@@ -204,11 +204,7 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
       return;
     }
     if (action[i] == Action::HoldScale) {
-      // How a scale decodes is the pairing's (U8 exponents decode as E8M0).
-      Dtype format = m.tensors[i].dtype;
-      for (const auto& p : mt.pairs)
-        if (p.scale == m.tensors[i].name) format = p.scale_format;
-      decoded[i] = fp8::decode_scales(format, held[i]);
+      decoded[i] = fp8::decode_scales(scale_format[i], held[i]);  // U8 exponents decode as E8M0
       std::vector<uint8_t>().swap(held[i]);
       return;
     }

@@ -74,11 +74,13 @@ long NameIndex::find(const std::string& name) const {
   return it == index_.end() ? -1 : static_cast<long>(it->second);
 }
 
-const TensorInfo& NameIndex::at(const std::string& name) const {
+size_t NameIndex::position(const std::string& name) const {
   auto it = index_.find(name);
   if (it == index_.end()) throw Error("internal: no tensor " + name + " in the manifest");
-  return m_.tensors[it->second];
+  return it->second;
 }
+
+const TensorInfo& NameIndex::at(const std::string& name) const { return m_.tensors[position(name)]; }
 
 uint64_t Manifest::total_bytes() const {
   uint64_t n = 0;

@@ -96,6 +96,7 @@ class NameIndex {
   explicit NameIndex(const Manifest& m);
   long find(const std::string& name) const;  // -1 when absent
   const TensorInfo& at(const std::string& name) const;  // throws st::Error when absent
+  size_t position(const std::string& name) const;       // the same, its index
 
  private:
   const Manifest& m_;

@@ -640,6 +640,15 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     if (!seen.insert(name).second) fail("stream matching gives two output tensors the name " + json::quote(name));
 }
 
+std::vector<Dtype> scale_decode_formats(const stream::Manifest& m, const Matching& mt) {
+  std::vector<Dtype> formats;
+  for (const auto& t : m.tensors) formats.push_back(t.dtype);
+  const stream::NameIndex index(m);
+  for (const auto& p : mt.pairs)
+    if (const long i = p.scale.empty() ? -1 : index.find(p.scale); i >= 0) formats[static_cast<size_t>(i)] = p.scale_format;
+  return formats;
+}
+
 bool is_fatal(const MatchProblem& p, bool strict) {
   return p.kind == kUnusableScale || p.kind == kAmbiguous || p.kind == kNameCollision || p.kind == kBadMarker ||
          p.kind == kIndexMismatch || (strict && p.kind == kNoScale);

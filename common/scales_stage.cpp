@@ -11,24 +11,20 @@ namespace st::scales {
 
 namespace {
 
-// How each scale's bytes decode: as its pair says (U8 exponents are
-// F8_E8M0), else as its own dtype. Built once: one lookup per scale.
+// Scale values for the report: decoded as the pairing says (one lookup per scale).
 class ScaleDecoder {
  public:
-  ScaleDecoder(const stream::Manifest& m, const stream::Matching& mt) : index_(m) {
-    for (const auto& p : mt.pairs)
-      if (!p.scale.empty()) format_.emplace(p.scale, p.scale_format);
-  }
+  ScaleDecoder(const stream::Manifest& m, const stream::Matching& mt)
+      : index_(m), formats_(scale_decode_formats(m, mt)) {}
   std::vector<float> operator()(const std::string& name, const std::vector<uint8_t>& bytes) const {
-    if (auto it = format_.find(name); it != format_.end()) return fp8::decode_scales(it->second, bytes);
-    const auto& t = index_.at(name);
-    return fp8::is_scale_dtype(t.dtype) ? fp8::decode_scales(t.dtype, bytes) : std::vector<float>{};
+    const Dtype d = formats_.at(static_cast<size_t>(find(name)));
+    return fp8::is_scale_dtype(d) ? fp8::decode_scales(d, bytes) : std::vector<float>{};
   }
   long find(const std::string& name) const { return index_.find(name); }
 
  private:
   stream::NameIndex index_;
-  std::unordered_map<std::string, Dtype> format_;
+  std::vector<Dtype> formats_;
 };
 
 }  // namespace
