@@ -11,7 +11,6 @@
 #include <unordered_map>
 #include <fstream>
 #include <memory>
-#include <set>
 #include <sstream>
 #include <cctype>
 #include <cstdio>
@@ -272,12 +271,6 @@ bool under(const std::string& path, const std::string& dir) {
 // snapshots/<rev>/NAME to ../../blobs/<hash>), but only to a file in the
 // folder or in that cache's blobs: a link elsewhere (~/.ssh/...) is not
 // copied into an output that may be uploaded.
-// plan_outputs runs more than once (check, dry run, write): say things once.
-void warn_once(const std::string& message) {
-  static std::set<std::string> said;
-  if (said.insert(message).second) cli::warn(message);
-}
-
 bool inside_model(const std::string& model_dir, const std::string& file) {
   const std::string dir = real_path(model_dir), target = real_path(file);
   if (target.empty() || dir.empty()) return false;
@@ -295,14 +288,14 @@ bool model_dir_trusted(const stream::Manifest& m) {
     if (t.source == last) continue;
     last = t.source;
     if (!under(real_path(t.source), dir)) {
-      warn_once("not copying the files of " + m.model_dir + ": the stream's tensors did not all come from it");
+      cli::warn("not copying the files of " + m.model_dir + ": the stream's tensors did not all come from it");
       return false;
     }
     any = true;
   }
   for (const auto& f : m.shards)
     if (!under(real_path(f), dir)) {
-      warn_once("not copying the files of " + m.model_dir + ": the stream's shards are not all in it");
+      cli::warn("not copying the files of " + m.model_dir + ": the stream's shards are not all in it");
       return false;
     }
   return any || !m.shards.empty();
@@ -367,7 +360,7 @@ OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
       struct stat fs;
       if (name.empty() || name[0] == '.' || ::stat(src.c_str(), &fs) != 0 || !S_ISREG(fs.st_mode)) continue;
       if (!inside_model(m.model_dir, src)) {
-        warn_once("not copying " + src + ": a link to a file outside the model folder");
+        cli::warn("not copying " + src + ": a link to a file outside the model folder");
         continue;
       }
       if (model_input::ends_with(name, ".safetensors") || model_input::ends_with(name, ".safetensors.index.json")) continue;
@@ -420,20 +413,6 @@ class OutputDir {
 
 }  // namespace
 
-uint64_t output_size(const stream::Manifest& m, const Options& opt) {
-  if (opt.output == "-") {
-    const Layout l = plan(m, false, opt);
-    return l.header.size() + l.data_bytes;
-  }
-  uint64_t total = 0;
-  for (const auto& sh : plan_outputs(m, opt).shards) total += sh.size();
-  return total;
-}
-
-size_t output_files(const stream::Manifest& m, const Options& opt) {
-  return opt.output == "-" ? 1 : plan_outputs(m, opt).shards.size();
-}
-
 // Shards written into the input model's folder would mix two models in one
 // folder (and -f would replace its config.json, which is input too).
 void refuse_source_folder(const stream::Manifest& m, const std::string& dir) {
@@ -451,9 +430,9 @@ void refuse_source_folder(const stream::Manifest& m, const std::string& dir) {
   }
 }
 
-void check_output(const stream::Manifest& m, const Options& opt) {
-  if (opt.output == "-") return;
-  const OutputPlan p = plan_outputs(m, opt);
+namespace {
+
+void check_plan(const stream::Manifest& m, const Options& opt, const OutputPlan& p) {
   if (!p.dir.empty()) {
     struct stat sb;
     if (::stat(p.dir.c_str(), &sb) == 0 && !S_ISDIR(sb.st_mode)) fail(p.dir + ": exists and is not a folder");
@@ -471,11 +450,26 @@ void check_output(const stream::Manifest& m, const Options& opt) {
   }
 }
 
+}  // namespace
+
+OutputSize check_output(const stream::Manifest& m, const Options& opt) {
+  if (opt.output == "-") {
+    const Layout l = plan(m, false, opt);
+    return {l.header.size() + l.data_bytes, 1};
+  }
+  const OutputPlan p = plan_outputs(m, opt);
+  check_plan(m, opt, p);
+  OutputSize size;
+  for (const auto& sh : p.shards) size.bytes += sh.size();
+  size.files = p.shards.size();
+  return size;
+}
+
 Result run(stream::Reader& in, const Options& opt) {
   if (opt.output == "-") return to_stdout(in, opt);
   const stream::Manifest& m = in.manifest();
   const OutputPlan p = plan_outputs(m, opt);
-  check_output(m, opt);  // every file of the set, before any data is read
+  check_plan(m, opt, p);  // every file of the set, before any data is read
   OutputDir dir(p.dir);
   if (!p.dir.empty()) {  // the whole set at once (each file also reserves its own space)
     uint64_t set_bytes = 0;

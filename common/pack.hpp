@@ -44,13 +44,17 @@ Result run(stream::Reader& in, const Options& opt);
 // Fails when `output` is one of the manifest's source files (same inode).
 void refuse_source_as_output(const stream::Manifest& m, const std::string& output);
 
-// The bytes run() would write for this manifest (all shards, without the
-// index and copied files), and the number of shard files.
-uint64_t output_size(const stream::Manifest& m, const Options& opt);
-size_t output_files(const stream::Manifest& m, const Options& opt);
+// What run() would write for this manifest: the bytes of its safetensors
+// files (without an index and copied files), and how many there are.
+struct OutputSize {
+  uint64_t bytes = 0;
+  size_t files = 0;
+};
 
-// The files a sharded or single-file output would create, checked before
-// any data is read: each may be written (absent, or -f). Fails naming one.
-void check_output(const stream::Manifest& m, const Options& opt);
+// Plans the output (a rename collision fails here) and checks every file a
+// sharded or single-file output would create, before any data is read: each
+// may be written (absent, or -f). Fails naming one. Nothing is checked for
+// "-" (stdout).
+OutputSize check_output(const stream::Manifest& m, const Options& opt);
 
 }  // namespace st::pack

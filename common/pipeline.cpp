@@ -125,16 +125,15 @@ void dry_run(const std::string& input, const dequant::Options& dq, const pack::O
   const stream::Matching mt = scales::match(m, src.read_markers(), dq.match);
   dequant::check_problems(mt, dq);
   const stream::Manifest om = dequant::output_manifest(m, mt, dq.target);
-  const uint64_t size = pack::output_size(om, pk);  // fails on a rename collision, before any output
-  pack::check_output(om, pk);
+  const pack::OutputSize size = pack::check_output(om, pk);  // a rename collision fails here, before any output
   if (pk.output != "-" && !pack::sharded(pk)) pack::refuse_source_as_output(m, pk.output);
   const std::string target(fp8::target_suffix(dq.target));
   out << "Dry run: nothing is written.\n";
   out << "input:  " << input << " (" << m.tensors.size() << " tensors, " << src.input_bytes() << " bytes";
   if (src.files().size() > 1) out << " in " << src.files().size() << " files";
   out << ")\n";
-  out << "output: " << pk.output << " (" << om.tensors.size() << " tensors, " << size << " bytes";
-  if (const size_t files = pack::output_files(om, pk); files > 1) out << " in " << files << " files";
+  out << "output: " << pk.output << " (" << om.tensors.size() << " tensors, " << size.bytes << " bytes";
+  if (size.files > 1) out << " in " << size.files << " files";
   out << ")\n";
   out << "\nconverted to " << target << ": " << mt.pairs.size() << '\n';
   const stream::NameIndex index(m);
