@@ -7,10 +7,29 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "fp8.hpp"
 
 namespace st::fp8::simd {
+
+// Calls run(E5M2, TARGET) with both as compile-time constants
+// (std::bool_constant, std::integral_constant<Target, ...>) for the FP8 types
+// the vector kernels handle; 0 (nothing done) for any other type.
+template <typename Run>
+size_t by_format_and_target(Dtype fp8, Target t, Run&& run) {
+  auto for_target = [&](auto e5m2) -> size_t {
+    switch (t) {
+      case Target::BF16: return run(e5m2, std::integral_constant<Target, Target::BF16>{});
+      case Target::F16: return run(e5m2, std::integral_constant<Target, Target::F16>{});
+      case Target::F32: return run(e5m2, std::integral_constant<Target, Target::F32>{});
+    }
+    return 0;
+  };
+  if (fp8 == Dtype::F8_E4M3) return for_target(std::false_type{});
+  if (fp8 == Dtype::F8_E5M2) return for_target(std::true_type{});
+  return 0;
+}
 
 bool avx2_supported();  // x86-64 CPU with AVX2 and F16C (checked at run time)
 size_t convert_avx2(Dtype fp8, const uint8_t* in, size_t n, float scale, Target t, uint8_t* out,

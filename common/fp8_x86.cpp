@@ -158,16 +158,6 @@ ST_AVX2 size_t lookup(const uint32_t* table, const uint8_t* in, size_t n, uint8_
   return i;
 }
 
-template <bool E5M2>
-size_t run_target(const uint8_t* in, size_t n, float scale, Target t, uint8_t* out, Loss& loss) {
-  switch (t) {
-    case Target::BF16: return run<E5M2, Target::BF16>(in, n, scale, out, loss);
-    case Target::F16: return run<E5M2, Target::F16>(in, n, scale, out, loss);
-    case Target::F32: return run<E5M2, Target::F32>(in, n, scale, out, loss);
-  }
-  return 0;
-}
-
 }  // namespace
 
 // CPUID says the CPU has AVX2 and F16C, and XGETBV that the OS saves the
@@ -189,9 +179,9 @@ bool avx2_supported() {
 
 size_t convert_avx2(Dtype fp8, const uint8_t* in, size_t n, float scale, Target t, uint8_t* out,
                     Loss& loss) {
-  if (fp8 == Dtype::F8_E4M3) return run_target<false>(in, n, scale, t, out, loss);
-  if (fp8 == Dtype::F8_E5M2) return run_target<true>(in, n, scale, t, out, loss);
-  return 0;
+  return by_format_and_target(fp8, t, [&](auto e5m2, auto target) {
+    return run<decltype(e5m2)::value, decltype(target)::value>(in, n, scale, out, loss);
+  });
 }
 
 size_t lookup_avx2(const uint32_t* table, const uint8_t* in, size_t n, Target t, uint8_t* out) {
