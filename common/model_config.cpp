@@ -4,23 +4,17 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/writer.h>
-#include <sys/stat.h>
 
 #include <fstream>
 #include <sstream>
 
 #include "error.hpp"
 #include "json_util.hpp"
+#include "paths.hpp"
 
 namespace st::model_config {
 
 namespace {
-
-std::string dir_of(const std::string& path) {
-  const auto slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
 
 std::optional<uint64_t> positive(const rapidjson::Value& v) {
   if (v.IsUint64() && v.GetUint64() > 0) return v.GetUint64();
@@ -37,9 +31,8 @@ std::optional<std::pair<uint64_t, uint64_t>> pair_of(const rapidjson::Value& v) 
 }  // namespace
 
 std::string read_quantization_config(const std::string& model_path) {
-  const std::string path = dir_of(model_path) + "/config.json";
-  struct stat sb;
-  if (::stat(path.c_str(), &sb) != 0 || !S_ISREG(sb.st_mode)) return "";
+  const std::string path = paths::dir_name(model_path) + "/config.json";
+  if (!paths::is_regular_file(path)) return "";
   std::ifstream in(path, std::ios::binary);
   std::stringstream text;
   text << in.rdbuf();

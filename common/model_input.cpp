@@ -12,6 +12,7 @@
 #include "error.hpp"
 #include "io.hpp"
 #include "json_util.hpp"
+#include "paths.hpp"
 
 namespace st::model_input {
 
@@ -19,21 +20,6 @@ namespace {
 
 constexpr const char* kSuffix = ".safetensors";
 constexpr const char* kIndexSuffix = ".safetensors.index.json";
-
-bool is_dir(const std::string& p) {
-  struct stat sb;
-  return ::stat(p.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode);
-}
-
-bool is_regular(const std::string& p) {
-  struct stat sb;
-  return ::stat(p.c_str(), &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
-std::string join(const std::string& dir, const std::string& name) {
-  if (dir.empty() || dir == ".") return name;
-  return dir.back() == '/' ? dir + name : dir + "/" + name;
-}
 
 // Names of the regular, non-hidden files of a folder, sorted.
 std::vector<std::string> folder_files(const std::string& dir) {
@@ -43,7 +29,7 @@ std::vector<std::string> folder_files(const std::string& dir) {
   while (const dirent* e = ::readdir(d)) {
     const std::string n = e->d_name;
     if (n.empty() || n[0] == '.') continue;
-    if (is_regular(join(dir, n))) names.push_back(n);
+    if (paths::is_regular_file(paths::join(dir, n))) names.push_back(n);
   }
   ::closedir(d);
   std::sort(names.begin(), names.end());
@@ -69,7 +55,7 @@ std::string shard_name_problem(const std::string& index, const std::string& name
       part += name[i];
     }
   }
-  if (!ends_with(name, kSuffix)) return bad("which is not a .safetensors file");
+  if (!paths::ends_with(name, kSuffix)) return bad("which is not a .safetensors file");
   return "";
 }
 
@@ -84,7 +70,7 @@ ModelInput read_index(const std::string& index, std::vector<std::string>* proble
   if (wm == doc.MemberEnd() || !wm->value.IsObject()) fail(index + ": no weight_map object");
   ModelInput in;
   in.index = index;
-  in.dir = dir_name(index);
+  in.dir = paths::dir_name(index);
   std::vector<std::string> shards;
   std::unordered_map<std::string, bool> seen;
   for (auto it = wm->value.MemberBegin(); it != wm->value.MemberEnd(); ++it) {
@@ -98,7 +84,7 @@ ModelInput read_index(const std::string& index, std::vector<std::string>* proble
     }
     if (seen.count(tensor)) fail(index + ": weight_map lists " + json::quote(tensor) + " twice");
     seen[tensor] = true;
-    const std::string path = join(in.dir, shard);
+    const std::string path = paths::join(in.dir, shard);
     in.weight_map.emplace_back(tensor, path);
     shards.push_back(path);
   }
@@ -111,45 +97,27 @@ ModelInput read_index(const std::string& index, std::vector<std::string>* proble
 
 }  // namespace
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-std::string base_name(const std::string& path) {
-  std::string p = path;
-  while (p.size() > 1 && p.back() == '/') p.pop_back();
-  const auto slash = p.rfind('/');
-  return slash == std::string::npos ? p : p.substr(slash + 1);
-}
-
-std::string dir_name(const std::string& path) {
-  const auto slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
 ModelInput resolve(const std::vector<std::string>& args, std::vector<std::string>* problems) {
   if (args.empty()) usage_error("no input given");
   for (const auto& a : args)
-    if ((is_dir(a) || ends_with(a, ".json")) && args.size() > 1)
+    if ((paths::is_dir(a) || paths::ends_with(a, ".json")) && args.size() > 1)
       usage_error(a + ": a folder or an index is the whole model; give it alone");
   const std::string& first = args.front();
-  if (ends_with(first, ".json")) return read_index(first, problems);
-  if (is_dir(first)) {
+  if (paths::ends_with(first, ".json")) return read_index(first, problems);
+  if (paths::is_dir(first)) {
     const auto names = folder_files(first);
     std::vector<std::string> indexes;
     for (const auto& n : names)
-      if (ends_with(n, kIndexSuffix)) indexes.push_back(n);
+      if (paths::ends_with(n, kIndexSuffix)) indexes.push_back(n);
     if (std::find(indexes.begin(), indexes.end(), "model.safetensors.index.json") != indexes.end())
       indexes = {"model.safetensors.index.json"};
     if (indexes.size() > 1)
       fail(first + ": several index files (" + indexes[0] + ", " + indexes[1] + "); give the one to read");
-    if (indexes.size() == 1) return read_index(join(first, indexes[0]), problems);
+    if (indexes.size() == 1) return read_index(paths::join(first, indexes[0]), problems);
     ModelInput in;
     in.dir = first;
     for (const auto& n : names)
-      if (ends_with(n, kSuffix)) in.files.push_back(join(first, n));
+      if (paths::ends_with(n, kSuffix)) in.files.push_back(paths::join(first, n));
     if (in.files.empty()) fail(first + ": no .safetensors files in this folder");
     return in;
   }
@@ -162,7 +130,7 @@ std::vector<std::string> missing_shards(const ModelInput& in) {
   std::vector<std::string> out;
   if (in.index.empty()) return out;
   for (const auto& f : in.files)
-    if (!is_regular(f)) out.push_back(in.index + ": names shard " + base_name(f) + ", which does not exist");
+    if (!paths::is_regular_file(f)) out.push_back(in.index + ": names shard " + paths::base_name(f) + ", which does not exist");
   return out;
 }
 
@@ -178,16 +146,16 @@ std::vector<std::string> index_problems(const ModelInput& in, const std::vector<
     if (::stat(file.c_str(), &sb) != 0) continue;  // a missing shard is reported once, by missing_shards
     auto it = where.find(tensor);
     if (it == where.end())
-      out.push_back(in.index + ": names tensor " + json::quote(tensor) + " in " + base_name(file) +
+      out.push_back(in.index + ": names tensor " + json::quote(tensor) + " in " + paths::base_name(file) +
                     ", which does not hold it");
     else if (it->second != file)
-      out.push_back(in.index + ": names tensor " + json::quote(tensor) + " in " + base_name(file) + ", but it is in " +
-                    base_name(it->second));
+      out.push_back(in.index + ": names tensor " + json::quote(tensor) + " in " + paths::base_name(file) + ", but it is in " +
+                    paths::base_name(it->second));
   }
   for (size_t i = 0; i < in.files.size() && i < names.size(); ++i)
     for (const auto& n : names[i])
       if (!listed.count(n))
-        out.push_back(in.files[i] + ": tensor " + json::quote(n) + " is not in the index " + base_name(in.index));
+        out.push_back(in.files[i] + ": tensor " + json::quote(n) + " is not in the index " + paths::base_name(in.index));
   return out;
 }
 

@@ -37,9 +37,4 @@ std::vector<std::string> missing_shards(const ModelInput& in);
 std::vector<std::string> index_problems(const ModelInput& in,
                                         const std::vector<std::vector<std::string>>& names);
 
-// A file or directory name's last component, and its folder ("." if none).
-std::string base_name(const std::string& path);
-std::string dir_name(const std::string& path);
-bool ends_with(const std::string& s, const std::string& suffix);
-
 }  // namespace st::model_input

@@ -15,6 +15,7 @@
 
 #include "error.hpp"
 #include "io.hpp"
+#include "paths.hpp"
 
 namespace st::io {
 
@@ -90,18 +91,6 @@ void restore_handlers() {
     if (g_installed[i]) ::sigaction(kSignals[i], &g_old[i], nullptr);
 }
 
-std::string dir_of(const std::string& path) {
-  const auto slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-std::string base_of(const std::string& path) {
-  const auto slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
 }  // namespace
 
 void check_free_space(const std::string& dir, uint64_t bytes, const std::string& what) {
@@ -120,14 +109,14 @@ void check_output_path(const std::string& target, bool overwrite) {
     if (S_ISDIR(sb.st_mode)) fail(target + ": is a directory (for shards in it, write " + target + "/)");
     if (!overwrite) fail(target + ": already exists; not overwritten (use -f to replace it)");
   }
-  const std::string dir = dir_of(target);
+  const std::string dir = paths::dir_name(target);
   if (::access(dir.c_str(), W_OK) != 0)
     fail(target + ": cannot write in directory " + dir + ": " + errno_text(errno));
 }
 
 AtomicOutput::AtomicOutput(const std::string& target, bool overwrite) : target_(target), overwrite_(overwrite) {
   check_output_path(target, overwrite);
-  temp_ = dir_of(target) + "/." + base_of(target) + ".st-pack-XXXXXX";
+  temp_ = paths::dir_name(target) + "/." + paths::base_name(target) + ".st-pack-XXXXXX";
   if (temp_.size() > PATH_MAX) fail(target + ": path too long");
   int err = 0;
   {
@@ -150,7 +139,7 @@ AtomicOutput::AtomicOutput(const std::string& target, bool overwrite) : target_(
       if (g_open_temps == 0) restore_handlers();
     }
   }
-  if (fd_ < 0) fail(target + ": cannot create a temporary file in " + dir_of(target) + ": " + errno_text(err));
+  if (fd_ < 0) fail(target + ": cannot create a temporary file in " + paths::dir_name(target) + ": " + errno_text(err));
   // mkstemp makes 0600; a finished file gets the usual 0666 & ~umask.
   const mode_t mask = ::umask(0);
   ::umask(mask);
@@ -286,7 +275,7 @@ void AtomicOutput::commit() {
     if (::rename(temp_.c_str(), target_.c_str()) != 0) fail(target_ + ": cannot rename into place: " + errno_text(errno));
   }
   committed_ = true;
-  const int dfd = ::open(dir_of(target_).c_str(), O_RDONLY | O_CLOEXEC);
+  const int dfd = ::open(paths::dir_name(target_).c_str(), O_RDONLY | O_CLOEXEC);
   if (dfd >= 0) {
     ::fsync(dfd);  // best effort: make the rename durable
     ::close(dfd);

@@ -6,7 +6,6 @@
 #include <xxhash.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <unordered_map>
 #include <fstream>
@@ -20,8 +19,8 @@
 #include "io.hpp"
 #include "json_util.hpp"
 #include "model_config.hpp"
-#include "model_input.hpp"
 #include "output_file.hpp"
+#include "paths.hpp"
 #include "progress.hpp"
 #include "safetensors.hpp"
 
@@ -181,10 +180,6 @@ struct OutputPlan {
   std::vector<ExtraFile> extras;   // index, config.json, copied files
 };
 
-std::string join(const std::string& dir, const std::string& name) {
-  return dir.empty() || dir == "." ? name : (dir.back() == '/' ? dir + name : dir + "/" + name);
-}
-
 std::string torch_dtype_name(Dtype d) {
   switch (d) {
     case Dtype::F16: return "float16";
@@ -235,7 +230,7 @@ std::string index_json(const stream::Manifest& m, const OutputPlan& p, const Opt
   std::vector<std::pair<std::string, std::string>> entries;
   uint64_t total = 0;
   for (const auto& sh : p.shards) {
-    const std::string file = model_input::base_name(sh.path);
+    const std::string file = paths::base_name(sh.path);
     for (size_t i : sh.tensors) {
       entries.emplace_back(renamed(m.tensors[i].name, opt), file);
       total += m.tensors[i].nbytes;
@@ -254,14 +249,6 @@ std::string index_json(const stream::Manifest& m, const OutputPlan& p, const Opt
   return j;
 }
 
-std::string real_path(const std::string& p) {
-  char* r = ::realpath(p.c_str(), nullptr);
-  if (!r) return "";
-  std::string out(r);
-  std::free(r);
-  return out;
-}
-
 bool under(const std::string& path, const std::string& dir) {
   return !dir.empty() && path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
          (dir.back() == '/' || path[dir.size()] == '/');
@@ -272,29 +259,29 @@ bool under(const std::string& path, const std::string& dir) {
 // folder or in that cache's blobs: a link elsewhere (~/.ssh/...) is not
 // copied into an output that may be uploaded.
 bool inside_model(const std::string& model_dir, const std::string& file) {
-  const std::string dir = real_path(model_dir), target = real_path(file);
+  const std::string dir = paths::real_path(model_dir), target = paths::real_path(file);
   if (target.empty() || dir.empty()) return false;
-  return under(target, dir) || under(target, real_path(model_dir + "/../../blobs"));
+  return under(target, dir) || under(target, paths::real_path(model_dir + "/../../blobs"));
 }
 
 // model_dir comes from the stream: copy from it only if it is where the
 // stream's tensors came from (a stored or crafted stream cannot make st-pack
 // copy the files of some other folder).
 bool model_dir_trusted(const stream::Manifest& m) {
-  const std::string dir = real_path(m.model_dir);
+  const std::string dir = paths::real_path(m.model_dir);
   bool any = false;
   std::string last;
   for (const auto& t : m.tensors) {
     if (t.source == last) continue;
     last = t.source;
-    if (!under(real_path(t.source), dir)) {
+    if (!under(paths::real_path(t.source), dir)) {
       cli::warn("not copying the files of " + m.model_dir + ": the stream's tensors did not all come from it");
       return false;
     }
     any = true;
   }
   for (const auto& f : m.shards)
-    if (!under(real_path(f), dir)) {
+    if (!under(paths::real_path(f), dir)) {
       cli::warn("not copying the files of " + m.model_dir + ": the stream's shards are not all in it");
       return false;
     }
@@ -318,11 +305,9 @@ OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
   // OUTDIR/ (shards named model-*) or DIR/NAME.safetensors (NAME-*).
   std::string prefix = "model";
   p.dir = opt.output;
-  struct stat sb;
-  const bool is_dir = ::stat(opt.output.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode);
-  if (!is_dir && opt.output.back() != '/' && model_input::ends_with(opt.output, ".safetensors")) {
-    p.dir = model_input::dir_name(opt.output);
-    prefix = model_input::base_name(opt.output);
+  if (!paths::is_dir(opt.output) && opt.output.back() != '/' && paths::ends_with(opt.output, ".safetensors")) {
+    p.dir = paths::dir_name(opt.output);
+    prefix = paths::base_name(opt.output);
     prefix.resize(prefix.size() - std::string(".safetensors").size());
   }
   while (p.dir.size() > 1 && p.dir.back() == '/') p.dir.pop_back();
@@ -332,7 +317,7 @@ OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
     ShardPlan sh;
     char suffix[48];  // two u64s at most: 46 bytes
     std::snprintf(suffix, sizeof suffix, "-%05zu-of-%05zu", s + 1, n);
-    sh.path = join(p.dir, prefix + (n == 1 ? "" : suffix) + ".safetensors");
+    sh.path = paths::join(p.dir, prefix + (n == 1 ? "" : suffix) + ".safetensors");
     sh.tensors = groups[s];
     stream::Manifest part;
     part.metadata = m.metadata;
@@ -344,7 +329,7 @@ OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
     }
     p.shards.push_back(std::move(sh));
   }
-  if (n > 1) p.extras.push_back({join(p.dir, prefix + ".safetensors.index.json"), "", index_json(m, p, opt)});
+  if (n > 1) p.extras.push_back({paths::join(p.dir, prefix + ".safetensors.index.json"), "", index_json(m, p, opt)});
   // A model folder: its config.json (converted) and other files come along.
   if (!m.model_dir.empty() && opt.copy_files && model_dir_trusted(m)) {
     std::vector<std::string> names;
@@ -356,15 +341,14 @@ OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
     }
     std::sort(names.begin(), names.end());
     for (const auto& name : names) {
-      const std::string src = join(m.model_dir, name);
-      struct stat fs;
-      if (name.empty() || name[0] == '.' || ::stat(src.c_str(), &fs) != 0 || !S_ISREG(fs.st_mode)) continue;
+      const std::string src = paths::join(m.model_dir, name);
+      if (name.empty() || name[0] == '.' || !paths::is_regular_file(src)) continue;
       if (!inside_model(m.model_dir, src)) {
         cli::warn("not copying " + src + ": a link to a file outside the model folder");
         continue;
       }
-      if (model_input::ends_with(name, ".safetensors") || model_input::ends_with(name, ".safetensors.index.json")) continue;
-      const std::string target = join(p.dir, name);
+      if (paths::ends_with(name, ".safetensors") || paths::ends_with(name, ".safetensors.index.json")) continue;
+      const std::string target = paths::join(p.dir, name);
       if (name == "config.json" && m.converted_to) {
         std::ifstream f(src, std::ios::binary);
         std::stringstream text;
@@ -422,7 +406,7 @@ void refuse_source_folder(const stream::Manifest& m, const std::string& dir) {
   // beside a single input file are fine (their names differ).
   std::vector<std::string> inputs;
   if (!m.model_dir.empty()) inputs.push_back(m.model_dir);
-  for (const auto& f : m.shards) inputs.push_back(model_input::dir_name(f));
+  for (const auto& f : m.shards) inputs.push_back(paths::dir_name(f));
   for (const auto& in : inputs) {
     struct stat sb;
     if (::stat(in.c_str(), &sb) == 0 && sb.st_dev == out.st_dev && sb.st_ino == out.st_ino)
@@ -438,7 +422,7 @@ void check_plan(const stream::Manifest& m, const Options& opt, const OutputPlan&
     if (::stat(p.dir.c_str(), &sb) == 0 && !S_ISDIR(sb.st_mode)) fail(p.dir + ": exists and is not a folder");
     refuse_source_folder(m, p.dir);
     if (::stat(p.dir.c_str(), &sb) != 0) {
-      const std::string parent = model_input::dir_name(p.dir);
+      const std::string parent = paths::dir_name(p.dir);
       if (::access(parent.c_str(), W_OK) != 0)
         fail(p.dir + ": cannot create the output folder in " + parent + ": " + io::errno_text(errno));
       return;  // a new folder: nothing in it to replace

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <exception>
@@ -12,7 +11,7 @@
 
 #include "error.hpp"
 #include "output_file.hpp"
-#include "model_input.hpp"
+#include "paths.hpp"
 #include "source.hpp"
 
 namespace st::pipeline {
@@ -21,10 +20,9 @@ std::string default_output(const std::string& input, fp8::Target t) {
   std::string suffix = "-";  // (not "-" + std::string: GCC 12 warns falsely of -Wrestrict)
   suffix += fp8::target_suffix(t);
   // A model folder (or its index) becomes a folder beside it.
-  struct stat sb;
   std::string folder;
-  if (::stat(input.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode)) folder = input;
-  else if (model_input::ends_with(input, ".json")) folder = model_input::dir_name(input);
+  if (paths::is_dir(input)) folder = input;
+  else if (paths::ends_with(input, ".json")) folder = paths::dir_name(input);
   if (!folder.empty()) {
     while (folder.size() > 1 && folder.back() == '/') folder.pop_back();
     if (folder == "." || folder == ".." || folder == "/")

@@ -1,9 +1,6 @@
 #include "source.hpp"
 
 #include <fnmatch.h>
-#include <limits.h>
-#include <sys/stat.h>
-#include <stdlib.h>
 
 #include <algorithm>
 #include <functional>
@@ -14,6 +11,7 @@
 #include "error.hpp"
 #include "json_util.hpp"
 #include "model_config.hpp"
+#include "paths.hpp"
 #include "sha256.hpp"
 
 namespace st::source {
@@ -24,16 +22,6 @@ bool matches_any(const std::vector<std::string>& globs, const std::string& name)
   for (const auto& g : globs)
     if (::fnmatch(g.c_str(), name.c_str(), 0) == 0) return true;
   return false;
-}
-
-// The source path as the manifest records it: absolute, so that a stage
-// running elsewhere (st-pack refusing to replace its input) finds the file.
-std::string canonical(const std::string& path) {
-  char* real = ::realpath(path.c_str(), nullptr);
-  if (!real) return path;
-  std::string out(real);
-  std::free(real);
-  return out;
 }
 
 std::vector<stream::TensorInfo> infos_of(const safetensors::Header& h, const std::string& path) {
@@ -83,8 +71,7 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
   if (!missing.empty()) {  // lenient: read the shards that are there
     input_.files.clear();
     for (const auto& f : input.files) {
-      struct stat sb;
-      if (::stat(f.c_str(), &sb) == 0 && S_ISREG(sb.st_mode)) input_.files.push_back(f);  // as missing_shards
+      if (paths::is_regular_file(f)) input_.files.push_back(f);  // as missing_shards
     }
     if (input_.files.empty()) fail(input.index + ": none of the shards it names exists");
   }
@@ -97,7 +84,7 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
     Shard shard;
     shard.file = std::make_unique<io::InputFile>(input_.files[s]);
     shard.header = safetensors::read_header(*shard.file);
-    const std::string source = canonical(input_.files[s]);
+    const std::string source = paths::absolute(input_.files[s]);
     for (uint32_t e = 0; e < shard.header.tensors.size(); ++e) {
       const auto& t = shard.header.tensors[e];
       if (auto [it, fresh] = holder.emplace(t.name, s); !fresh) {
@@ -128,8 +115,8 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
   manifest_.metadata = shards_.front().header.metadata;
   manifest_.quantization_config = model_config::read_quantization_config(input_.files.front());
   if (input_.several())
-    for (const auto& f : input_.files) manifest_.shards.push_back(canonical(f));
-  if (!input_.dir.empty()) manifest_.model_dir = canonical(input_.dir);
+    for (const auto& f : input_.files) manifest_.shards.push_back(paths::absolute(f));
+  if (!input_.dir.empty()) manifest_.model_dir = paths::absolute(input_.dir);
   for (size_t i : scales::scales_first_order(infos)) {
     manifest_.tensors.push_back(infos[i]);
     refs_.push_back(all_refs[kept[i]]);
