@@ -102,10 +102,30 @@ bool within_depth(std::string_view text) {
   return true;
 }
 
+namespace {
+
+// RapidJSON 1.1 passes raw bytes through and turns a lone low surrogate
+// escape (\udc00) into bytes that are not UTF-8, so every decoded string is
+// checked: names and formats from these documents end up in messages and
+// in the stream manifest, which must be UTF-8. Depth is bounded by
+// within_depth(), so the recursion is too.
+bool strings_valid_utf8(const rapidjson::Value& v) {
+  if (v.IsString()) return valid_utf8({v.GetString(), v.GetStringLength()});
+  if (v.IsArray())
+    for (const auto& e : v.GetArray())
+      if (!strings_valid_utf8(e)) return false;
+  if (v.IsObject())
+    for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it)
+      if (!strings_valid_utf8(it->name) || !strings_valid_utf8(it->value)) return false;
+  return true;
+}
+
+}  // namespace
+
 bool parse_json(rapidjson::Document& doc, std::string_view text) {
-  if (!within_depth(text)) return false;
+  if (!within_depth(text) || !valid_utf8(text)) return false;
   doc.Parse<rapidjson::kParseIterativeFlag>(text.data(), text.size());
-  return !doc.HasParseError();
+  return !doc.HasParseError() && strings_valid_utf8(doc);
 }
 
 std::string quote(std::string_view s) {

@@ -31,7 +31,8 @@ inline constexpr int kMaxDepth = 127;
 bool within_depth(std::string_view text);
 
 // Parses `text` (RapidJSON, iterative) into `doc` if it is within kMaxDepth;
-// false on a syntax error or too deep a document.
+// false on a syntax error, too deep a document, or text or a decoded string
+// (escapes included) that is not valid UTF-8.
 bool parse_json(rapidjson::Document& doc, std::string_view text);
 
 // Quoted for messages: 'name' with control characters escaped.

@@ -394,3 +394,25 @@ TEST_CASE("parse_block", "[scales]") {
     }
   }
 }
+
+// JSON must be UTF-8 (RFC 8259 §8.1); a marker that is not is refused like
+// one with a syntax error, so its bytes never reach a message or the
+// manifest st-scales writes (found by fuzz_scale_matcher).
+TEST_CASE("match: a comfy_quant marker that is not UTF-8 is an invalid marker", "[scales][match]") {
+  st::stream::Manifest man;
+  man.tensors = {ti("l.comfy_quant", Dtype::U8, {16}), ti("l.weight", Dtype::F8_E4M3, {2, 2})};
+  const std::string raw_byte = "{\"format\":\"\xff\"}";            // a byte that starts no UTF-8 sequence
+  const std::string lone_low = "{\"format\":\"\\udc00\"}";          // an escape for half a surrogate pair
+  const std::string good = "{\"format\":\"float8_e4m3fn\"}";
+  for (const std::string& content : {raw_byte, lone_low, good}) {
+    INFO("marker " << content);
+    sc::MarkerData markers;
+    markers["l.comfy_quant"].assign(content.begin(), content.end());
+    st::stream::Manifest out = man;
+    out.matching = sc::match(man, markers, sc::Options{});
+    CHECK(has_problem(*out.matching, sc::kBadMarker, "l.comfy_quant") == (content != good));
+    // What st-scales would write still decodes as st-dequant reads it.
+    const auto back = st::stream::decode_manifest(st::stream::encode_manifest(out));
+    CHECK(back.matching->problems.size() == out.matching->problems.size());
+  }
+}
