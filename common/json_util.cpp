@@ -102,8 +102,6 @@ bool within_depth(std::string_view text) {
   return true;
 }
 
-namespace {
-
 // RapidJSON 1.1 passes raw bytes through and turns a lone low surrogate
 // escape (\udc00) into bytes that are not UTF-8, so every decoded string is
 // checked: names and formats from these documents end up in messages and
@@ -119,8 +117,6 @@ bool strings_valid_utf8(const rapidjson::Value& v) {
       if (!strings_valid_utf8(it->name) || !strings_valid_utf8(it->value)) return false;
   return true;
 }
-
-}  // namespace
 
 bool parse_json(rapidjson::Document& doc, std::string_view text) {
   if (!within_depth(text) || !valid_utf8(text)) return false;

@@ -30,6 +30,11 @@ inline constexpr int kMaxDepth = 127;
 // skipped), so that parsing and walking it cannot exhaust the stack.
 bool within_depth(std::string_view text);
 
+// Whether every string (keys included) in `v` is valid UTF-8: RapidJSON
+// 1.1 decodes a lone low surrogate escape (\udc00) into bytes that are not.
+// Recursive; call it on documents within kMaxDepth.
+bool strings_valid_utf8(const rapidjson::Value& v);
+
 // Parses `text` (RapidJSON, iterative) into `doc` if it is within kMaxDepth;
 // false on a syntax error, too deep a document, or text or a decoded string
 // (escapes included) that is not valid UTF-8.

@@ -245,6 +245,7 @@ Manifest decode_manifest(std::string_view json) {
   if (!json::within_depth(json)) bad("nested more than " + std::to_string(json::kMaxDepth) + " levels deep");
   doc.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(json.data(), json.size());
   if (doc.HasParseError()) bad("not valid JSON (byte " + std::to_string(doc.GetErrorOffset()) + ")");
+  if (!json::strings_valid_utf8(doc)) bad("a string escape is not valid UTF-8 (lone surrogate)");
   if (!doc.IsObject()) bad("not a JSON object");
   if (get_string(member(doc, "format", "manifest"), "format") != "st-stream") bad("format is not 'st-stream'");
 

@@ -1042,6 +1042,19 @@ TEST_CASE("1.1 model fields survive the manifest round trip", "[stream][manifest
   }
 }
 
+TEST_CASE("a manifest whose strings are not UTF-8 is refused, escapes included", "[stream][manifest]") {
+  // RFC 8259 §8.1: JSON text is UTF-8. A lone surrogate escape decodes to
+  // no Unicode scalar, so a manifest holding one anywhere (here where
+  // nothing else looks: a key of quantization_config) cannot be re-encoded
+  // as UTF-8 and is refused (found by fuzz_scale_matcher).
+  const std::string head = R"({"format":"st-stream","producer":"p","metadata":null,"tensors":[],"quantization_config":)";
+  CHECK_NOTHROW(stream::decode_manifest(head + R"({"k\ud83d\ude00":1}})"));  // a surrogate pair is fine
+  for (const char* bad : {R"({"k\udd0b":1}})", R"({"k":"\ud83d"}})", R"({"k":["x\udc00"]}})", "{\"k\xff\":1}}"}) {
+    INFO(bad);
+    CHECK_THROWS_AS(stream::decode_manifest(head + bad), st::Error);
+  }
+}
+
 TEST_CASE("Writer::data with a known hash writes the same stream as without", "[stream][writer]") {
   // A stage that passes a checked DATA event on gives its hash; the stream
   // must be the one the Writer would have written, and a large span (more
