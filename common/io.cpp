@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "error.hpp"
@@ -28,6 +29,37 @@ size_t Source::read_full(void* buf, size_t n) {
 void Sink::write(const void* p, size_t n) {
   struct iovec v{const_cast<void*>(p), n};
   write(&v, 1);
+}
+
+size_t Source::splice_some(int, const std::string&, uint64_t, size_t) { return 0; }
+
+FdSource::FdSource(int fd, std::string name) : fd_(fd), name_(std::move(name)) {
+  grow_pipe(fd);
+#ifdef SPLICE_F_MOVE
+  struct stat sb;
+  const char* off = std::getenv("ST_NO_SPLICE");
+  splice_ = (!off || !*off) && ::fstat(fd, &sb) == 0 && S_ISFIFO(sb.st_mode);
+#endif
+}
+
+size_t FdSource::splice_some(int fd, const std::string& fd_name, uint64_t offset, size_t n) {
+#ifdef SPLICE_F_MOVE
+  if (splice_) {
+    loff_t pos = static_cast<loff_t>(offset);
+    for (;;) {
+      const ssize_t r = ::splice(fd_, nullptr, fd, &pos, n, SPLICE_F_MOVE);
+      if (r >= 0) return static_cast<size_t>(r);
+      if (errno == EINTR) continue;
+      // Errors of the output (ENOSPC, EFBIG, EIO) are named after it.
+      if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) fail(fd_name + ": write failed: " + errno_text(errno));
+      break;  // not for this file system: read() from now on
+    }
+  }
+#else
+  (void)fd, (void)fd_name, (void)offset, (void)n;
+#endif
+  splice_ = false;
+  return 0;
 }
 
 size_t FdSource::read_some(void* buf, size_t n) {

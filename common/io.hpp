@@ -21,6 +21,14 @@ class Source {
   virtual size_t read_some(void* buf, size_t n) = 0;
   // Reads until n bytes or end of input; returns the count read.
   size_t read_full(void* buf, size_t n);
+  // Whether splice_some() may move bytes from this source into a file.
+  virtual bool can_splice() const { return false; }
+  // Moves up to n bytes into the regular file `fd` (named `fd_name` in
+  // messages) at `offset` without
+  // copying them through user space (Linux splice(2) from a pipe); returns
+  // the count, 0 at end of input. When the kernel refuses (a file system
+  // without splice support) it returns 0 and can_splice() becomes false.
+  virtual size_t splice_some(int fd, const std::string& fd_name, uint64_t offset, size_t n);
 };
 
 class Sink {
@@ -35,15 +43,20 @@ class Sink {
 // switches between stages that pass megabytes per frame.
 void grow_pipe(int fd);
 
+// Splices from a pipe (Linux) unless ST_NO_SPLICE is set in the
+// environment (to measure what splicing gives).
 class FdSource : public Source {
  public:
-  FdSource(int fd, std::string name) : fd_(fd), name_(std::move(name)) { grow_pipe(fd); }
+  FdSource(int fd, std::string name);
   size_t read_some(void* buf, size_t n) override;
+  bool can_splice() const override { return splice_; }
+  size_t splice_some(int fd, const std::string& fd_name, uint64_t offset, size_t n) override;
   const std::string& name() const { return name_; }
 
  private:
   int fd_;
   std::string name_;
+  bool splice_ = false;
 };
 
 // EPIPE raises st::BrokenPipe (only seen when SIGPIPE is ignored, e.g. in

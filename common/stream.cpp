@@ -232,6 +232,10 @@ Reader::Reader(io::Source& src, std::string name) : src_(src), name_(std::move(n
 
 Reader::~Reader() = default;
 
+void Reader::splice_data_to(std::function<SpliceTarget(uint32_t, uint64_t)> target) {
+  splice_target_ = std::move(target);
+}
+
 void Reader::corrupt(const std::string& what) const {
   std::string where = name_ + ": ";
   if (frame_no_ > 0) where += "frame " + std::to_string(frame_no_) + " at byte " + std::to_string(pos_) + ": ";
@@ -263,20 +267,24 @@ uint32_t Reader::read_frame() {
     if (len > limit) corrupt("frame length " + std::to_string(len) + " exceeds the limit of " + std::to_string(limit));
     if (flags != 0) corrupt("reserved frame flags are not zero (corrupt stream?)");
     const size_t pad = padding_for(len);
+    const size_t total = static_cast<size_t>(len) + pad;
+    // A DATA frame's bytes may stay in the pipe, to be spliced by next().
+    data_deferred_ = type == kFrameData && splice_target_ && len > kDataSubheaderBytes && src_.can_splice();
+    const size_t want = data_deferred_ ? kDataSubheaderBytes : total;
     // Memory follows the bytes that actually arrive, not the length a frame
     // claims: a 256 MiB manifest claim followed by nothing costs 1 MiB.
-    const size_t total = static_cast<size_t>(len) + pad;
     constexpr size_t kFirstStep = 1u << 20;
-    buf_.resize(std::min(total, std::max(kFirstStep, buf_.capacity())));
+    buf_.resize(std::min(want, std::max(kFirstStep, buf_.capacity())));
     for (size_t have = 0;;) {
       const size_t n = src_.read_full(buf_.data() + have, buf_.size() - have);
       have += n;
       if (have < buf_.size()) corrupt("stream truncated inside a frame");
-      if (have == total) break;
-      buf_.resize(std::min(total, buf_.size() * 2));
+      if (have == want) break;
+      buf_.resize(std::min(want, buf_.size() * 2));
     }
-    for (size_t i = 0; i < pad; ++i)
-      if (buf_[len + i] != 0) corrupt("frame padding is not zero");
+    if (!data_deferred_)
+      for (size_t i = 0; i < pad; ++i)
+        if (buf_[len + i] != 0) corrupt("frame padding is not zero");
     // A DATA frame's checksum covers its sub-header; the sub-header's data
     // checksum covers the data (checked in next()).
     const uint64_t hashed = type == kFrameData ? std::min<uint64_t>(len, kDataSubheaderBytes) : len;
@@ -285,7 +293,7 @@ uint32_t Reader::read_frame() {
     h_->frame.update(buf_.data(), hashed);
     if (h_->frame.digest() != get_u64(hdr + 16)) corrupt("frame checksum mismatch (corrupt stream)");
     payload_len_ = len;
-    next_pos_ = pos_ + sizeof hdr + buf_.size();
+    next_pos_ = pos_ + sizeof hdr + total;
     if (type >= kFirstSkippableType) continue;  // extension frames: checked, then ignored
     if (type == kFrameAbort) throw UpstreamFailed();
     return type;
@@ -309,15 +317,33 @@ Event Reader::next() {
       if (offset != received_) corrupt("DATA offset " + std::to_string(offset) + " where " + std::to_string(received_) + " was due");
       if (n > ts[index].nbytes - received_) corrupt("more data than tensor '" + ts[index].name + "' holds");
       const uint64_t data_hash = get_u64(buf_.data() + 16);
-      if (XXH3_64bits(buf_.data() + kDataSubheaderBytes, n) != data_hash)
-        corrupt("data checksum mismatch in tensor '" + ts[index].name + "' (corrupt stream)");
       h_->tensor.update(buf_.data() + 16, 8);
+      size_t start = kDataSubheaderBytes;  // where the bytes read here begin in buf_
+      if (data_deferred_) {
+        const SpliceTarget t = splice_target_(index, offset);
+        static const std::string kOutput = "output";
+        while (ev.spliced < n) {
+          const size_t k = src_.splice_some(t.fd, t.name ? *t.name : kOutput, t.pos + ev.spliced, n - ev.spliced);
+          if (k == 0) break;
+          ev.spliced += k;
+        }
+        if (ev.spliced < n && src_.can_splice()) corrupt("stream truncated inside a frame");
+        // What is left (all of it if the kernel refused to splice) and the padding.
+        const size_t rest = static_cast<size_t>(n - ev.spliced), pad = padding_for(payload_len_);
+        buf_.resize(rest + pad);
+        if (src_.read_full(buf_.data(), buf_.size()) < buf_.size()) corrupt("stream truncated inside a frame");
+        for (size_t i = rest; i < rest + pad; ++i)
+          if (buf_[i] != 0) corrupt("frame padding is not zero");
+        start = 0;
+      }
+      if (ev.spliced == 0 && XXH3_64bits(buf_.data() + start, n) != data_hash)
+        corrupt("data checksum mismatch in tensor '" + ts[index].name + "' (corrupt stream)");
       received_ += n;
       data_bytes_ += n;
       ev.kind = Event::Kind::Data;
       ev.tensor = index;
       ev.offset = offset;
-      ev.data = {buf_.data() + kDataSubheaderBytes, static_cast<size_t>(n)};
+      ev.data = {buf_.data() + start, static_cast<size_t>(n - ev.spliced)};
       ev.hash = data_hash;
       return ev;
     }

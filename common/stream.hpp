@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -71,8 +72,18 @@ struct Event {
   uint32_t tensor = 0;
   uint64_t offset = 0;               // Data: where these bytes start in the tensor
   std::span<const uint8_t> data;     // Data: valid until the next call to next()
-  uint64_t hash = 0;                 // Data: XXH3-64 of these bytes (checked);
-                                     // TensorEnd: the tensor checksum (§6)
+  uint64_t spliced = 0;              // Data: bytes before `data` that went to the
+                                     // splice target (Reader::splice_data_to)
+  uint64_t hash = 0;                 // Data: XXH3-64 of the frame's bytes (checked
+                                     // unless spliced > 0); TensorEnd: the tensor
+                                     // checksum (§6)
+};
+
+// Where a tensor's DATA bytes may be moved without being read.
+struct SpliceTarget {
+  int fd = -1;          // a regular file
+  uint64_t pos = 0;     // where the bytes at the frame's offset go
+  const std::string* name = nullptr;  // for messages
 };
 
 // The XXH3-64 a DATA frame carries for these bytes (Event::hash).
@@ -89,6 +100,14 @@ class Reader {
   const Manifest& manifest() const { return manifest_; }
   Event next();
 
+  // When the source can splice (a pipe, on Linux), next() moves each DATA
+  // frame's bytes straight to `target(tensor, offset)` instead of reading
+  // them, and does NOT check their data checksum: Event::spliced says how
+  // many bytes went there, and the caller must check them against
+  // Event::hash (st-pack reads its output back). Frame checksums, order,
+  // sizes and tensor checksums are checked as always.
+  void splice_data_to(std::function<SpliceTarget(uint32_t tensor, uint64_t offset)> target);
+
  private:
   [[noreturn]] void corrupt(const std::string& what) const;
   // Reads one frame (skipping skippable ones); returns its type; payload in buf_.
@@ -99,6 +118,8 @@ class Reader {
   Manifest manifest_;
   std::vector<uint8_t> buf_;
   uint64_t payload_len_ = 0;
+  std::function<SpliceTarget(uint32_t, uint64_t)> splice_target_;
+  bool data_deferred_ = false;  // the current DATA frame's bytes are still in src_
   uint64_t pos_ = 0;         // byte offset of the current frame, for messages
   uint64_t next_pos_ = 0;
   uint64_t frame_no_ = 0;    // frames read after the preamble

@@ -1097,3 +1097,85 @@ TEST_CASE("Writer::data with a known hash writes the same stream as without", "[
     CHECK_THROWS_AS(read_all(sink.bytes), st::Error);
   }
 }
+
+#ifdef __linux__
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace {
+
+// Reads the test stream from a real pipe with splicing into a temp file
+// (tensor i at the sum of the sizes before it), writing non-spliced bytes
+// itself as st-pack does. Returns the file's bytes; `pieces` gets, per DATA
+// event, whether the file's bytes at its position hash to Event::hash.
+Bytes splice_through_pipe(const Bytes& stream_bytes, std::vector<bool>& pieces, uint64_t& spliced) {
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  REQUIRE(::write(p[1], stream_bytes.data(), stream_bytes.size()) == ssize_t(stream_bytes.size()));  // fits the pipe
+  ::close(p[1]);
+  char path[] = "/tmp/st-unit-splice-XXXXXX";
+  const int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  ::unlink(path);
+  const std::string name = "splice-target";
+  st::io::FdSource src(p[0], "pipe");
+  stream::Reader r(src, "pipe");
+  std::vector<uint64_t> base{0};
+  for (const auto& t : r.manifest().tensors) base.push_back(base.back() + t.nbytes);
+  r.splice_data_to([&](uint32_t t, uint64_t off) { return stream::SpliceTarget{fd, base[t] + off, &name}; });
+  spliced = 0;
+  for (;;) {
+    const auto ev = r.next();
+    if (ev.kind == stream::Event::Kind::End) break;
+    if (ev.kind != stream::Event::Kind::Data) continue;
+    const uint64_t pos = base[ev.tensor] + ev.offset, n = ev.spliced + ev.data.size();
+    REQUIRE(::pwrite(fd, ev.data.data(), ev.data.size(), off_t(pos + ev.spliced)) == ssize_t(ev.data.size()));
+    Bytes back(n);
+    REQUIRE(::pread(fd, back.data(), n, off_t(pos)) == ssize_t(n));
+    pieces.push_back(XXH3_64bits(back.data(), n) == ev.hash);
+    spliced += ev.spliced;
+  }
+  Bytes out(base.back());
+  REQUIRE(::pread(fd, out.data(), out.size(), 0) == ssize_t(out.size()));
+  ::close(fd);
+  ::close(p[0]);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("Reader splices DATA bytes from a pipe and leaves their check to the caller", "[stream][splice]") {
+  const auto m = test_manifest();
+  Bytes want;
+  for (const auto& d : test_data(m)) want.insert(want.end(), d.begin(), d.end());
+  const Bytes s = write_test_stream();
+  std::vector<bool> pieces;
+  uint64_t spliced = 0;
+  ::unsetenv("ST_NO_SPLICE");
+  CHECK(splice_through_pipe(s, pieces, spliced) == want);
+  CHECK(spliced == want.size());  // every data byte went through splice(2)
+  CHECK(std::count(pieces.begin(), pieces.end(), false) == 0);
+
+  // A flipped data byte passes the reader (it never saw the byte) but not
+  // the caller's check of the file against Event::hash.
+  const Bytes first = test_data(m)[0];
+  auto at = std::search(s.begin(), s.end(), first.begin(), first.begin() + 5);
+  REQUIRE(at != s.end());
+  Bytes bad = s;
+  bad[size_t(at - s.begin()) + 2] ^= 0x40;
+  pieces.clear();
+  CHECK(splice_through_pipe(bad, pieces, spliced) != want);
+  CHECK(std::count(pieces.begin(), pieces.end(), false) == 1);
+
+  // Without splicing the reader itself refuses that stream.
+  ::setenv("ST_NO_SPLICE", "1", 1);
+  pieces.clear();
+  CHECK_THROWS_WITH(splice_through_pipe(bad, pieces, spliced), Catch::Contains("data checksum mismatch"));
+  CHECK(splice_through_pipe(s, pieces, spliced) == want);
+  CHECK(spliced == 0);
+  ::unsetenv("ST_NO_SPLICE");
+}
+#endif
