@@ -111,7 +111,9 @@ stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matchi
       else md.erase(it);
     }
   if (out_index) out_index->assign(m.tensors.size(), -1);
-  for (const auto& [i, name] : scales::output_names(m, mt)) {
+  const auto names = scales::output_names(m, mt);
+  om.tensors.reserve(names.size());
+  for (const auto& [i, name] : names) {
     TensorInfo o = m.tensors[i];
     o.name = name;
     if (converted.count(m.tensors[i].name)) {
@@ -128,9 +130,10 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   const stream::Manifest& m = in.manifest();
   size_t nmarkers = 0;
   const scales::MarkerData markers = scales::read_markers(in, nmarkers);
-  stream::Matching mt;
   const bool recorded = m.matching && !rematch_requested(opt.match);
-  mt = recorded ? *m.matching : scales::match(m, markers, opt.match);
+  stream::Matching matched;  // when there is no recorded pairing to use (not copied: it may be large)
+  if (!recorded) matched = scales::match(m, markers, opt.match);
+  const stream::Matching& mt = recorded ? *m.matching : matched;
   check_problems(mt, opt);
   if (recorded) scales::validate(m, mt);
 

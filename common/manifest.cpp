@@ -1,10 +1,12 @@
 #include "manifest.hpp"
 
 #include <rapidjson/document.h>
+#include <rapidjson/memorystream.h>
+#include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
-#include <unordered_set>
+#include <algorithm>
 
 #include "error.hpp"
 #include "json_util.hpp"
@@ -14,11 +16,29 @@ namespace st::stream {
 
 namespace {
 
-using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
 using Value = rapidjson::Value;
 
-void put(Writer& w, std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
-void key(Writer& w, std::string_view s) { w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
+// Output streams for rapidjson::Writer: one that only counts, and one that
+// appends to a string reserved from the count. A manifest of a million
+// tensors (~100 MB) is then written once, with no growing buffer and no
+// copy out of it.
+struct CountingStream {
+  using Ch = char;
+  size_t n = 0;
+  void Put(char) { ++n; }
+  void Flush() {}
+};
+struct StringOut {
+  using Ch = char;
+  std::string& s;
+  void Put(char c) { s.push_back(c); }
+  void Flush() {}
+};
+
+template <class W>
+void put(W& w, std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
+template <class W>
+void key(W& w, std::string_view s) { w.Key(s.data(), static_cast<rapidjson::SizeType>(s.size())); }
 
 [[noreturn]] void bad(const std::string& what) { fail("invalid manifest: " + what); }
 
@@ -46,6 +66,212 @@ ScaleLayout layout_from(const std::string& s) {
   if (s == "block") return ScaleLayout::Block;
   bad("unknown scale layout " + json::quote(s));
 }
+
+// One entry of the "tensors" array as its SAX events arrive. Fields may
+// come in any order, so what is wrong is noted and reported at the end of
+// the entry, in the order (and words) a DOM walk would: name first.
+struct TensorFields {
+  enum class Got { Absent, Ok, Wrong };
+  Got name = Got::Absent, dtype = Got::Absent, shape = Got::Absent, nbytes = Got::Absent, source = Got::Absent;
+  bool shape_element_wrong = false;  // an array, but not of integers
+  std::string dtype_name;
+  TensorInfo info;
+};
+
+// SAX handler for a whole manifest: the "tensors" array of the root object
+// becomes TensorInfo entries directly, everything else is forwarded to a
+// Document. A manifest of a million tensors then never exists as a DOM
+// (which costs several times the JSON text).
+class ManifestHandler {
+ public:
+  ManifestHandler(rapidjson::Document& doc, std::vector<TensorInfo>& out) : doc_(doc), out_(out) {}
+  const std::string& error() const { return error_; }
+
+  bool Null() { return in_tensors() ? wrong_value() : doc_.Null(); }
+  bool Bool(bool b) { return in_tensors() ? wrong_value() : doc_.Bool(b); }
+  bool Int(int i) { return in_tensors() ? wrong_value() : doc_.Int(i); }
+  bool Int64(int64_t i) { return in_tensors() ? wrong_value() : doc_.Int64(i); }
+  bool Double(double d) { return in_tensors() ? wrong_value() : doc_.Double(d); }
+  bool RawNumber(const char*, rapidjson::SizeType, bool) { return false; }  // not asked for
+  bool Uint(unsigned u) { return in_tensors() ? number(u) : doc_.Uint(u); }
+  bool Uint64(uint64_t u) { return in_tensors() ? number(u) : doc_.Uint64(u); }
+  bool String(const char* str, rapidjson::SizeType n, bool copy) {
+    if (!in_tensors()) return doc_.String(str, n, copy);
+    const std::string_view v(str, n);
+    if (!json::valid_utf8(v)) return fail_utf8();
+    if (skip_ > 0 || level_ != 2) return wrong_value();
+    switch (field_) {
+      case Field::Name: set(cur_.name, [&] { cur_.info.name.assign(v); }); break;
+      case Field::Dtype: set(cur_.dtype, [&] { cur_.dtype_name.assign(v); }); break;
+      case Field::Source: set(cur_.source, [&] { cur_.info.source.assign(v); }); break;
+      case Field::Shape:
+      case Field::Nbytes: wrong_value(); break;
+      case Field::Other: break;
+    }
+    return true;
+  }
+  bool Key(const char* str, rapidjson::SizeType n, bool copy) {
+    if (!in_tensors()) {
+      if (depth_ == 1) root_key_tensors_ = std::string_view(str, n) == "tensors";
+      return doc_.Key(str, n, copy);
+    }
+    const std::string_view k(str, n);
+    if (!json::valid_utf8(k)) return fail_utf8();
+    if (skip_ == 0 && level_ == 2)
+      field_ = k == "name" ? Field::Name : k == "dtype" ? Field::Dtype : k == "shape" ? Field::Shape
+             : k == "nbytes" ? Field::Nbytes : k == "source" ? Field::Source : Field::Other;
+    return true;
+  }
+  bool StartObject() {
+    if (!in_tensors()) {
+      ++depth_;
+      return doc_.StartObject();
+    }
+    if (skip_ > 0 || level_ > 1) return open_nested();
+    level_ = 2;  // a tensor entry
+    cur_ = TensorFields();
+    field_ = Field::Other;
+    return true;
+  }
+  bool EndObject(rapidjson::SizeType n) {
+    if (!in_tensors()) {
+      --depth_;
+      return doc_.EndObject(n);
+    }
+    if (skip_ > 0) return close_nested();
+    level_ = 1;
+    return finish_entry();
+  }
+  bool StartArray() {
+    if (!in_tensors()) {
+      if (depth_ == 1 && root_key_tensors_) {
+        if (tensors_seen_) return fail("tensors appears twice");
+        tensors_seen_ = true;
+        level_ = 1;  // inside the tensors array; the Document gets it empty
+        return doc_.StartArray();
+      }
+      ++depth_;
+      return doc_.StartArray();
+    }
+    if (level_ == 2 && skip_ == 0 && field_ == Field::Shape && cur_.shape == TensorFields::Got::Absent) {
+      cur_.shape = TensorFields::Got::Ok;
+      in_shape_ = true;
+      return true;
+    }
+    return open_nested();
+  }
+  bool EndArray(rapidjson::SizeType n) {
+    if (!in_tensors()) {
+      --depth_;
+      return doc_.EndArray(n);
+    }
+    if (level_ == 1 && skip_ == 0) {  // the end of the tensors array
+      level_ = 0;
+      root_key_tensors_ = false;
+      return doc_.EndArray(0);
+    }
+    if (in_shape_ && skip_ == 0) {
+      in_shape_ = false;
+      field_ = Field::Other;
+      return true;
+    }
+    return close_nested();
+  }
+
+ private:
+  enum class Field { Name, Dtype, Shape, Nbytes, Source, Other };
+
+  bool in_tensors() const { return level_ > 0; }
+
+  template <class F>
+  void set(TensorFields::Got& got, F&& assign) {
+    if (got != TensorFields::Got::Absent) return;  // the first of duplicate keys counts, as FindMember
+    got = TensorFields::Got::Ok;
+    assign();
+  }
+  // A value the current field cannot have (the entry itself, if the array
+  // holds something other than objects).
+  bool wrong_value() {
+    if (level_ == 1 && skip_ == 0) return fail("a tensor entry is not an object");
+    if (skip_ > 0) return true;
+    if (in_shape_) {
+      cur_.shape = TensorFields::Got::Wrong;
+      cur_.shape_element_wrong = true;
+      return true;
+    }
+    TensorFields::Got* got = field_ == Field::Name ? &cur_.name : field_ == Field::Dtype ? &cur_.dtype
+                           : field_ == Field::Shape ? &cur_.shape : field_ == Field::Nbytes ? &cur_.nbytes
+                           : field_ == Field::Source ? &cur_.source : nullptr;
+    if (got && *got == TensorFields::Got::Absent) *got = TensorFields::Got::Wrong;
+    return true;
+  }
+  bool number(uint64_t u) {
+    if (skip_ == 0 && in_shape_) {
+      cur_.info.shape.push_back(u);
+      return true;
+    }
+    if (skip_ == 0 && level_ == 2 && field_ == Field::Nbytes) {
+      set(cur_.nbytes, [&] { cur_.info.nbytes = u; });
+      return true;
+    }
+    return wrong_value();
+  }
+  // An object or array where a known field wants a scalar, or inside an
+  // unknown field: skipped (nesting is bounded by within_depth()).
+  bool open_nested() {
+    if (level_ == 1 && skip_ == 0) return fail("a tensor entry is not an object");
+    if (skip_ == 0) wrong_value();
+    ++skip_;
+    return true;
+  }
+  bool close_nested() {
+    --skip_;
+    return true;
+  }
+  bool finish_entry() {
+    using Got = TensorFields::Got;
+    TensorInfo& info = cur_.info;
+    if (cur_.name == Got::Absent) return fail("a tensor entry has no 'name'");
+    if (cur_.name == Got::Wrong) return fail("tensor name is not a string");
+    const std::string where = "tensor " + json::quote(info.name);
+    auto need = [&](Got g, const char* field, const std::string& wrong) {
+      if (g == Got::Absent) return fail(where + " has no '" + field + "'");
+      if (g == Got::Wrong) return fail(wrong);
+      return true;
+    };
+    if (!need(cur_.dtype, "dtype", where + " dtype is not a string")) return false;
+    auto d = dtype_from_name(cur_.dtype_name);
+    if (!d) return fail(where + ": unknown dtype " + json::quote(cur_.dtype_name));
+    info.dtype = *d;
+    if (cur_.shape == Got::Absent) return fail(where + " has no 'shape'");
+    if (cur_.shape == Got::Wrong)
+      return fail(cur_.shape_element_wrong ? where + " shape is not a non-negative integer" : where + ": shape is not an array");
+    if (!need(cur_.nbytes, "nbytes", where + " nbytes is not a non-negative integer")) return false;
+    ByteSize size;
+    if (tensor_size(info.dtype, info.shape.data(), info.shape.size(), size) != SizeError::None || size.bytes != info.nbytes)
+      return fail(where + ": nbytes does not match dtype and shape");
+    if (cur_.source == Got::Wrong) return fail(where + " source is not a string");
+    out_.push_back(std::move(info));
+    return true;
+  }
+  bool fail(const std::string& what) {
+    if (error_.empty()) error_ = what;
+    return false;
+  }
+  bool fail_utf8() { return fail("a string escape is not valid UTF-8 (lone surrogate)"); }
+
+  rapidjson::Document& doc_;
+  std::vector<TensorInfo>& out_;
+  std::string error_;
+  int depth_ = 0;            // open containers of the Document
+  bool root_key_tensors_ = false;
+  bool tensors_seen_ = false;
+  int level_ = 0;            // 0 outside the tensors array, 1 in it, 2 in an entry
+  int skip_ = 0;             // nesting inside a value being skipped
+  bool in_shape_ = false;
+  Field field_ = Field::Other;
+  TensorFields cur_;
+};
 
 }  // namespace
 
@@ -88,16 +314,17 @@ uint64_t Manifest::total_bytes() const {
   return n;
 }
 
-std::string encode_manifest(const Manifest& m) {
-  rapidjson::StringBuffer sb;
-  Writer w(sb);
+namespace {
+
+template <class W>
+void write_manifest(W& w, const Manifest& m, const ManifestChanges* changes) {
   w.StartObject();
   key(w, "format");
   put(w, "st-stream");
   key(w, "version");
   put(w, std::to_string(kVersionMajor) + "." + std::to_string(kVersionMinor));
   key(w, "producer");
-  put(w, m.producer);
+  put(w, changes ? changes->producer : m.producer);
   key(w, "metadata");
   if (m.metadata) {
     w.StartObject();
@@ -148,8 +375,9 @@ std::string encode_manifest(const Manifest& m) {
     key(w, "converted_to");
     put(w, dtype_name(*m.converted_to));
   }
-  if (m.matching) {
-    const Matching& mt = *m.matching;
+  const Matching* matching = changes && changes->matching ? changes->matching : m.matching ? &*m.matching : nullptr;
+  if (matching) {
+    const Matching& mt = *matching;
     key(w, "matching");
     w.StartObject();
     key(w, "block");
@@ -236,20 +464,49 @@ std::string encode_manifest(const Manifest& m) {
     w.EndObject();
   }
   w.EndObject();
-  return std::string(sb.GetString(), sb.GetSize());
+}
+
+}  // namespace
+
+std::string encode_manifest(const Manifest& m, const ManifestChanges* changes) {
+  CountingStream count;
+  rapidjson::Writer<CountingStream> counter(count);
+  write_manifest(counter, m, changes);
+  std::string out;
+  out.reserve(count.n);
+  StringOut to{out};
+  rapidjson::Writer<StringOut> w(to);
+  write_manifest(w, m, changes);
+  return out;
 }
 
 Manifest decode_manifest(std::string_view json) {
   if (!json::valid_utf8(json)) bad("not valid UTF-8");
-  rapidjson::Document doc;
   if (!json::within_depth(json)) bad("nested more than " + std::to_string(json::kMaxDepth) + " levels deep");
-  doc.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(json.data(), json.size());
-  if (doc.HasParseError()) bad("not valid JSON (byte " + std::to_string(doc.GetErrorOffset()) + ")");
+  Manifest m;
+  {
+    // Room for every entry up front: growing a vector of a million entries
+    // would hold the old and the new array at once. Counted from the "nbytes"
+    // keys (a hint only), capped by the smallest possible entry.
+    size_t keys = 0;
+    for (size_t at = json.find("\"nbytes\""); at != std::string_view::npos; at = json.find("\"nbytes\"", at + 8)) ++keys;
+    constexpr size_t kSmallestEntry = sizeof R"({"name":"","dtype":"U8","shape":[],"nbytes":0})" - 1;
+    m.tensors.reserve(std::min(keys, json.size() / kSmallestEntry));
+  }
+  rapidjson::Document doc;
+  rapidjson::Reader reader;
+  ManifestHandler handler(doc, m.tensors);
+  auto generate = [&](rapidjson::Document&) {
+    rapidjson::MemoryStream ms(json.data(), json.size());
+    return !reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(ms, handler).IsError();
+  };
+  doc.Populate(generate);
+  if (!handler.error().empty()) bad(handler.error());
+  if (reader.HasParseError()) bad("not valid JSON (byte " + std::to_string(reader.GetErrorOffset()) + ")");
   if (!json::strings_valid_utf8(doc)) bad("a string escape is not valid UTF-8 (lone surrogate)");
   if (!doc.IsObject()) bad("not a JSON object");
   if (get_string(member(doc, "format", "manifest"), "format") != "st-stream") bad("format is not 'st-stream'");
 
-  Manifest m;
   m.producer = get_string(member(doc, "producer", "manifest"), "producer");
   const Value& md = member(doc, "metadata", "manifest");
   if (md.IsObject()) {
@@ -261,30 +518,17 @@ Manifest decode_manifest(std::string_view json) {
     bad("metadata is neither an object nor null");
   }
 
-  const Value& ts = member(doc, "tensors", "manifest");
-  if (!ts.IsArray()) bad("tensors is not an array");
-  std::unordered_set<std::string> names;
-  for (const Value& t : ts.GetArray()) {
-    if (!t.IsObject()) bad("a tensor entry is not an object");
-    TensorInfo info;
-    info.name = get_string(member(t, "name", "a tensor entry"), "tensor name");
-    const std::string where = "tensor " + json::quote(info.name);
-    if (!json::valid_utf8(info.name)) bad(where + ": name is not valid UTF-8");
-    if (!names.insert(info.name).second) bad("duplicate tensor name " + json::quote(info.name));
-    const std::string dn = get_string(member(t, "dtype", where), where + " dtype");
-    auto d = dtype_from_name(dn);
-    if (!d) bad(where + ": unknown dtype " + json::quote(dn));
-    info.dtype = *d;
-    const Value& shape = member(t, "shape", where);
-    if (!shape.IsArray()) bad(where + ": shape is not an array");
-    for (const Value& v : shape.GetArray()) info.shape.push_back(get_u64(v, where + " shape"));
-    info.nbytes = get_u64(member(t, "nbytes", where), where + " nbytes");
-    ByteSize size;
-    if (tensor_size(info.dtype, info.shape.data(), info.shape.size(), size) != SizeError::None ||
-        size.bytes != info.nbytes)
-      bad(where + ": nbytes does not match dtype and shape");
-    if (auto it = t.FindMember("source"); it != t.MemberEnd()) info.source = get_string(it->value, where + " source");
-    m.tensors.push_back(std::move(info));
+  // The entries themselves were checked and built by the handler.
+  if (!member(doc, "tensors", "manifest").IsArray()) bad("tensors is not an array");
+  {
+    // Names must be unique; sorting positions costs 4 bytes a tensor where
+    // a set of names would copy every name.
+    std::vector<uint32_t> by_name(m.tensors.size());
+    for (uint32_t i = 0; i < by_name.size(); ++i) by_name[i] = i;
+    std::sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) { return m.tensors[a].name < m.tensors[b].name; });
+    for (size_t i = 1; i < by_name.size(); ++i)
+      if (m.tensors[by_name[i]].name == m.tensors[by_name[i - 1]].name)
+        bad("duplicate tensor name " + json::quote(m.tensors[by_name[i]].name));
   }
 
   if (auto it = doc.FindMember("quantization_config"); it != doc.MemberEnd() && !it->value.IsNull()) {

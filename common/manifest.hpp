@@ -103,7 +103,14 @@ class NameIndex {
   std::unordered_map<std::string_view, size_t> index_;
 };
 
-std::string encode_manifest(const Manifest& m);
+// What a stage changes in the manifest it passes on, so that it need not
+// copy one of a million tensors to change two fields.
+struct ManifestChanges {
+  std::string producer;
+  const Matching* matching = nullptr;  // replaces m.matching when set
+};
+
+std::string encode_manifest(const Manifest& m, const ManifestChanges* changes = nullptr);
 // Throws st::Error (message without a file name) on anything malformed.
 Manifest decode_manifest(std::string_view json);
 

@@ -1,10 +1,10 @@
 #include "safetensors.hpp"
 
+#include <rapidjson/memorystream.h>
 #include <rapidjson/reader.h>
 
 #include <algorithm>
 #include <cstring>
-#include <unordered_set>
 
 #include "error.hpp"
 #include "json_util.hpp"
@@ -114,7 +114,6 @@ class HeaderHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Hea
           state_ = State::MetadataObject;
           return true;
         }
-        if (!names_.insert(key_).second) return bad("duplicate tensor name " + quote(key_));
         name_ = key_;
         cur_ = TensorEntry{};
         cur_.name = key_;
@@ -239,7 +238,6 @@ class HeaderHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Hea
   std::string key_;
   std::string name_;
   TensorEntry cur_;
-  std::unordered_set<std::string> names_;
 };
 
 }  // namespace
@@ -247,13 +245,22 @@ class HeaderHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Hea
 Header parse_header(std::span<const uint8_t> bytes, uint64_t file_size) {
   const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   if (!json::valid_utf8(text)) fail("header is not valid UTF-8");
-  // RapidJSON reads NUL-terminated input; a raw NUL can only be invalid JSON
-  // here (it is neither whitespace nor allowed unescaped inside a string).
+  // A MemoryStream reads a NUL at its end; a raw NUL can only be invalid
+  // JSON here (it is neither whitespace nor allowed unescaped inside a
+  // string), so refuse it before it could look like the end.
   if (text.find('\0') != std::string_view::npos) fail("header contains a NUL byte (not JSON)");
-  const std::string copy(text);
-  rapidjson::StringStream stream(copy.c_str());
+  rapidjson::MemoryStream stream(text.data(), text.size());
   rapidjson::Reader reader;
   HeaderHandler handler;
+  {
+    // Room for every entry up front (a hint from the "data_offsets" keys,
+    // capped by the smallest entry), so a million entries are not copied
+    // while the vector grows.
+    size_t keys = 0;
+    for (size_t at = text.find("\"data_offsets\""); at != std::string_view::npos; at = text.find("\"data_offsets\"", at + 14)) ++keys;
+    constexpr size_t kSmallestEntry = sizeof R"("":{"dtype":"U8","shape":[],"data_offsets":[0,0]},)" - 1;
+    handler.header.tensors.reserve(std::min(keys, text.size() / kSmallestEntry + 1));
+  }
   constexpr unsigned kFlags = rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag |
                               rapidjson::kParseValidateEncodingFlag;
   if (!reader.Parse<kFlags>(stream, handler)) {
@@ -275,10 +282,27 @@ Header parse_header(std::span<const uint8_t> bytes, uint64_t file_size) {
   h.data_start = 8 + bytes.size();
   h.data_size = file_size - h.data_start;
 
-  // Data order, then the reference's contiguity walk.
-  std::stable_sort(h.tensors.begin(), h.tensors.end(), [](const TensorEntry& a, const TensorEntry& b) {
+  // Names are unique (the reference keeps the last of a repeated one; we
+  // refuse). Sorting positions costs 4 bytes a tensor where a set of names
+  // would copy each name of a header that may list a million.
+  {
+    std::vector<uint32_t> by_name(h.tensors.size());
+    for (uint32_t i = 0; i < by_name.size(); ++i) by_name[i] = i;
+    std::sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) {
+      return h.tensors[a].name != h.tensors[b].name ? h.tensors[a].name < h.tensors[b].name : a < b;
+    });
+    for (size_t i = 1; i < by_name.size(); ++i)
+      if (h.tensors[by_name[i]].name == h.tensors[by_name[i - 1]].name)
+        fail("invalid header: duplicate tensor name " + quote(h.tensors[by_name[i]].name));
+  }
+
+  // Data order (usually already so: no sort, no sort buffer), then the
+  // reference's contiguity walk.
+  auto by_offset = [](const TensorEntry& a, const TensorEntry& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  };
+  if (!std::is_sorted(h.tensors.begin(), h.tensors.end(), by_offset))
+    std::stable_sort(h.tensors.begin(), h.tensors.end(), by_offset);
   uint64_t cursor = 0;
   for (const auto& t : h.tensors) {
     if (t.begin != cursor || t.end < t.begin)

@@ -664,7 +664,8 @@ bool needs_attention(const Matching& mt, bool strict) {
 }
 
 std::map<std::string, std::string> owners(const std::vector<TensorInfo>& tensors) {
-  std::unordered_set<std::string> names;
+  std::unordered_set<std::string_view> names;  // views: a header may list a million names
+  names.reserve(tensors.size());
   for (const auto& t : tensors) names.insert(t.name);
   std::map<std::string, std::string> owner;
   for (const auto& t : tensors) {
@@ -693,7 +694,8 @@ std::vector<size_t> scales_first_order(const std::vector<TensorInfo>& tensors) {
   // Markers; then every candidate scale of any tensor by any row, whether or
   // not its layout fits with the default block size (st-dequant --block may
   // make it fit) and whatever the weight's dtype (--u8-as); then the rest.
-  std::unordered_set<std::string> names;
+  std::unordered_set<std::string_view> names;  // views: a header may list a million names
+  names.reserve(tensors.size());
   for (const auto& t : tensors) names.insert(t.name);
   auto is_scale = [&](const std::string& n) {
     if (is_weight_scale_name(n)) return true;
@@ -710,9 +712,10 @@ std::vector<size_t> scales_first_order(const std::vector<TensorInfo>& tensors) {
     if (is_marker_tensor(tensors[i])) order.push_back(i);
   for (size_t i = 0; i < tensors.size(); ++i)
     if (!is_marker_tensor(tensors[i]) && is_scale(tensors[i].name)) order.push_back(i);
-  std::unordered_set<size_t> taken(order.begin(), order.end());
+  std::vector<bool> taken(tensors.size());
+  for (size_t i : order) taken[i] = true;
   for (size_t i = 0; i < tensors.size(); ++i)
-    if (!taken.count(i)) order.push_back(i);
+    if (!taken[i]) order.push_back(i);
   return order;
 }
 

@@ -68,12 +68,12 @@ bool report_file(const std::string& path, const Options& opt, ReportFormat forma
 }
 
 void match_stage(stream::Reader& in, stream::Writer& out, const Options& opt, std::ostream* report) {
-  stream::Manifest m = in.manifest();
+  const stream::Manifest& m = in.manifest();
   size_t nmarkers = 0;
   const MarkerData markers = read_markers(in, nmarkers);
-  m.matching = match(m, markers, opt);
-  m.producer = std::string("st-scales ") + ST_VERSION;
-  out.begin(m);
+  const stream::Matching mt = match(m, markers, opt);
+  const stream::ManifestChanges changes{std::string("st-scales ") + ST_VERSION, &mt};
+  out.begin(m, &changes);
   for (size_t i = 0; i < nmarkers; ++i) {
     const auto& b = markers.at(m.tensors[i].name);
     out.data(static_cast<uint32_t>(i), b);
@@ -81,9 +81,9 @@ void match_stage(stream::Reader& in, stream::Writer& out, const Options& opt, st
   }
   // Scales are small; keep their bytes for the report's min/max.
   std::unordered_map<size_t, std::vector<uint8_t>> scale_bytes;
-  const ScaleDecoder decode(m, *m.matching);
+  const ScaleDecoder decode(m, mt);
   if (report)
-    for (const auto& p : m.matching->pairs)
+    for (const auto& p : mt.pairs)
       if (!p.scale.empty()) scale_bytes[static_cast<size_t>(decode.find(p.scale))];
   for (;;) {
     const stream::Event ev = in.next();
@@ -98,7 +98,7 @@ void match_stage(stream::Reader& in, stream::Writer& out, const Options& opt, st
   }
   out.finish();
   if (report)
-    print_report(*report, m, *m.matching, [&](const std::string& name) {
+    print_report(*report, m, mt, [&](const std::string& name) {
       return decode(name, scale_bytes.at(static_cast<size_t>(decode.find(name))));
     });
 }

@@ -85,9 +85,13 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
     shard.file = std::make_unique<io::InputFile>(input_.files[s]);
     shard.header = safetensors::read_header(*shard.file);
     const std::string source = paths::absolute(input_.files[s]);
+    all.reserve(all.size() + shard.header.tensors.size());
+    all_refs.reserve(all.size() + shard.header.tensors.size());
     for (uint32_t e = 0; e < shard.header.tensors.size(); ++e) {
       const auto& t = shard.header.tensors[e];
-      if (auto [it, fresh] = holder.emplace(t.name, s); !fresh) {
+      if (input_.files.size() == 1) {
+        // read_header() has refused duplicate names within a file.
+      } else if (auto [it, fresh] = holder.emplace(t.name, s); !fresh) {
         const std::string msg = input_.files[s] + ": tensor " + json::quote(t.name) + " is also in " +
                                 input_.files[it->second] + "; a model holds each tensor once";
         if (!opt.lenient_index) fail(msg);
@@ -109,18 +113,39 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
   if (kept.empty() && !all.empty())
     fail(input_.files.size() == 1 ? input_.files[0] + ": no tensor matches the --include/--exclude patterns"
                                  : "no tensor of the model matches the --include/--exclude patterns");
-  std::vector<stream::TensorInfo> infos;
-  for (size_t i : kept) infos.push_back(all[i]);
+  // Moved, not copied, and put in stream order in place: a header may list
+  // a million tensors.
+  for (size_t j = 0; j < kept.size(); ++j)
+    if (kept[j] != j) {
+      all[j] = std::move(all[kept[j]]);
+      all_refs[j] = all_refs[kept[j]];
+    }
+  all.resize(kept.size());
+  all_refs.resize(kept.size());
+  const std::vector<size_t> order = scales::scales_first_order(all);
+  std::vector<bool> placed(order.size());
+  for (size_t i = 0; i < order.size(); ++i) {  // position j takes all[order[j]], cycle by cycle
+    if (placed[i]) continue;
+    stream::TensorInfo first = std::move(all[i]);
+    const Ref first_ref = all_refs[i];
+    size_t j = i;
+    for (; order[j] != i; j = order[j]) {
+      all[j] = std::move(all[order[j]]);
+      all_refs[j] = all_refs[order[j]];
+      placed[j] = true;
+    }
+    all[j] = std::move(first);
+    all_refs[j] = first_ref;
+    placed[j] = true;
+  }
+  manifest_.tensors = std::move(all);
+  refs_ = std::move(all_refs);
   manifest_.producer = std::string("st-list ") + ST_VERSION;
   manifest_.metadata = shards_.front().header.metadata;
   manifest_.quantization_config = model_config::read_quantization_config(input_.files.front());
   if (input_.several())
     for (const auto& f : input_.files) manifest_.shards.push_back(paths::absolute(f));
   if (!input_.dir.empty()) manifest_.model_dir = paths::absolute(input_.dir);
-  for (size_t i : scales::scales_first_order(infos)) {
-    manifest_.tensors.push_back(infos[i]);
-    refs_.push_back(all_refs[kept[i]]);
-  }
 }
 
 uint64_t SafetensorsSource::input_bytes() const {

@@ -119,10 +119,10 @@ void Writer::frame(uint32_t type, const struct iovec* parts, int count, int hash
   ++frames_;
 }
 
-void Writer::begin(const Manifest& m) {
+void Writer::begin(const Manifest& m, const ManifestChanges* changes) {
   if (begun_) throw Error("internal: stream begun twice");
   preamble();
-  const std::string json = encode_manifest(m);
+  const std::string json = encode_manifest(m, changes);
   if (json.size() > kMaxManifestBytes) fail("manifest too large for the stream format (" + std::to_string(json.size()) + " bytes)");
   struct iovec v{const_cast<char*>(json.data()), json.size()};
   frame(kFrameManifest, &v, 1, 1);
@@ -228,6 +228,8 @@ Reader::Reader(io::Source& src, std::string name) : src_(src), name_(std::move(n
   } catch (const Error& e) {
     corrupt(e.what());
   }
+  std::vector<uint8_t>().swap(buf_);  // a big manifest's text is not kept for the data frames
+
 }
 
 Reader::~Reader() = default;

@@ -31,7 +31,7 @@ class Writer {
   Writer(const Writer&) = delete;
   Writer& operator=(const Writer&) = delete;
 
-  void begin(const Manifest& m);
+  void begin(const Manifest& m, const ManifestChanges* changes = nullptr);
   // Appends bytes to tensor `index`, which must be the current tensor (the
   // first one not yet ended). Splits into DATA frames of chunk_bytes.
   void data(uint32_t index, std::span<const uint8_t> bytes);

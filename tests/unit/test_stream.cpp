@@ -1042,6 +1042,64 @@ TEST_CASE("1.1 model fields survive the manifest round trip", "[stream][manifest
   }
 }
 
+TEST_CASE("manifest tensor entries: any field order, unknown fields skipped, each error named", "[stream][manifest]") {
+  // §5: a tensor entry has name, dtype, shape, nbytes (and source); readers
+  // ignore unknown fields. Entries are decoded as they stream by, so these
+  // pin down what a DOM walk would give.
+  auto with = [](const std::string& tensors, const std::string& after = "") {
+    return R"({"format":"st-stream","producer":"p","metadata":null,"tensors":)" + tensors + after + "}";
+  };
+  SECTION("accepted") {
+    const auto m = stream::decode_manifest(with(
+        R"([{"nbytes":12,"x":{"a":[1,{"b":[]}],"shape":"no"},"shape":[3,2],"source":"s.safetensors","dtype":"BF16","name":"b"},)"
+        R"({"name":"a","dtype":"F8_E4M3","shape":[],"nbytes":1,"y":[[["deep"]]],"z":null},)"
+        R"({"name":"c","name":"ignored","dtype":"U8","shape":[0,5],"nbytes":0}])",
+        R"(,"later":{"tensors":[1,2]})"));
+    REQUIRE(m.tensors.size() == 3);
+    CHECK(m.tensors[0].name == "b");
+    CHECK(m.tensors[0].dtype == Dtype::BF16);
+    CHECK(m.tensors[0].shape == std::vector<uint64_t>{3, 2});
+    CHECK(m.tensors[0].nbytes == 12);
+    CHECK(m.tensors[0].source == "s.safetensors");
+    CHECK(m.tensors[1].name == "a");
+    CHECK(m.tensors[1].shape.empty());
+    CHECK(m.tensors[1].source.empty());
+    CHECK(m.tensors[2].name == "c");  // the first of repeated keys, as a DOM lookup finds it
+    CHECK(stream::decode_manifest(with("[]")).tensors.empty());
+  }
+  SECTION("refused, with the reason") {
+    const std::pair<std::string, std::string> cases[] = {
+        {with("{}"), "tensors is not an array"},
+        {with("[1]"), "a tensor entry is not an object"},
+        {with("[[]]"), "a tensor entry is not an object"},
+        {with(R"(["t"])"), "a tensor entry is not an object"},
+        {with(R"([{"dtype":"U8","shape":[1],"nbytes":1}])"), "a tensor entry has no 'name'"},
+        {with(R"([{"name":7,"dtype":"U8","shape":[1],"nbytes":1}])"), "tensor name is not a string"},
+        {with(R"([{"name":"t","shape":[1],"nbytes":1}])"), "tensor 't' has no 'dtype'"},
+        {with(R"([{"name":"t","dtype":["U8"],"shape":[1],"nbytes":1}])"), "tensor 't' dtype is not a string"},
+        {with(R"([{"name":"t","dtype":"u8","shape":[1],"nbytes":1}])"), "tensor 't': unknown dtype 'u8'"},
+        {with(R"([{"name":"t","dtype":"U8","nbytes":1}])"), "tensor 't' has no 'shape'"},
+        {with(R"([{"name":"t","dtype":"U8","shape":1,"nbytes":1}])"), "tensor 't': shape is not an array"},
+        {with(R"([{"name":"t","dtype":"U8","shape":[-1],"nbytes":1}])"), "tensor 't' shape is not a non-negative integer"},
+        {with(R"([{"name":"t","dtype":"U8","shape":[[1]],"nbytes":1}])"), "tensor 't' shape is not a non-negative integer"},
+        {with(R"([{"name":"t","dtype":"U8","shape":[1.5],"nbytes":1}])"), "tensor 't' shape is not a non-negative integer"},
+        {with(R"([{"name":"t","dtype":"U8","shape":[1]}])"), "tensor 't' has no 'nbytes'"},
+        {with(R"([{"name":"t","dtype":"U8","shape":[1],"nbytes":"1"}])"), "tensor 't' nbytes is not a non-negative integer"},
+        {with(R"([{"name":"t","dtype":"U8","shape":[1],"nbytes":-1}])"), "tensor 't' nbytes is not a non-negative integer"},
+        {with(R"([{"name":"t","dtype":"U8","shape":[2],"nbytes":1}])"), "tensor 't': nbytes does not match dtype and shape"},
+        {with(R"([{"name":"t","dtype":"U8","shape":[1],"nbytes":1,"source":{}}])"), "tensor 't' source is not a string"},
+        {with(R"([{"name":"t","dtype":"U8","shape":[1],"nbytes":1},{"name":"t","dtype":"U8","shape":[1],"nbytes":1}])"),
+         "duplicate tensor name 't'"},
+        {with("[]", R"(,"tensors":[])"), "tensors appears twice"},
+        {with(R"([{"name":"t","dtype":"U8","shape":[1],"nbytes":1,"source":"\udc00"}])"), "not valid UTF-8"},
+    };
+    for (const auto& [json, why] : cases) {
+      INFO(json);
+      CHECK_THROWS_WITH(stream::decode_manifest(json), Catch::Contains(why));
+    }
+  }
+}
+
 TEST_CASE("a manifest whose strings are not UTF-8 is refused, escapes included", "[stream][manifest]") {
   // RFC 8259 §8.1: JSON text is UTF-8. A lone surrogate escape decodes to
   // no Unicode scalar, so a manifest holding one anywhere (here where
