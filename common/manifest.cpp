@@ -7,6 +7,7 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "error.hpp"
 #include "json_util.hpp"
@@ -33,6 +34,63 @@ struct StringOut {
   std::string& s;
   void Put(char c) { s.push_back(c); }
   void Flush() {}
+};
+struct PieceOut {
+  using Ch = char;
+  static constexpr size_t kPiece = 64u << 10;
+  const std::function<void(std::string_view)>& out;
+  std::string buf;
+  void Put(char c) {
+    buf.push_back(c);
+    if (buf.size() == kPiece) Flush();
+  }
+  void Flush() {
+    if (!buf.empty()) out(buf);
+    buf.clear();
+  }
+};
+
+// JSON text arriving in pieces, as a RapidJSON input stream. A raw NUL
+// byte (never valid JSON) ends the text where it is and is reported, so it
+// cannot pass for the end RapidJSON sees in a '\0'.
+class PieceInput {
+ public:
+  using Ch = char;
+  explicit PieceInput(const std::function<size_t(char*, size_t)>& more) : more_(more) {}
+  Ch Peek() {
+    if (at_ == end_) fill();
+    return at_ < end_ ? buf_[at_] : '\0';
+  }
+  Ch Take() {
+    const Ch c = Peek();
+    if (at_ < end_) {
+      ++at_;
+      ++taken_;
+    }
+    return c;
+  }
+  size_t Tell() const { return taken_; }
+  Ch* PutBegin() { return nullptr; }
+  void Put(Ch) {}
+  void Flush() {}
+  size_t PutEnd(Ch*) { return 0; }
+  bool saw_nul() const { return nul_; }
+
+ private:
+  void fill() {
+    if (nul_ || done_) return;
+    at_ = 0;
+    end_ = more_(buf_, sizeof buf_);
+    if (end_ == 0) done_ = true;
+    if (const void* z = std::memchr(buf_, 0, end_)) {
+      end_ = static_cast<size_t>(static_cast<const char*>(z) - buf_);
+      nul_ = true;
+    }
+  }
+  const std::function<size_t(char*, size_t)>& more_;
+  char buf_[64u << 10];
+  size_t at_ = 0, end_ = 0, taken_ = 0;
+  bool nul_ = false, done_ = false;
 };
 
 template <class W>
@@ -123,6 +181,7 @@ class ManifestHandler {
     return true;
   }
   bool StartObject() {
+    if (!deeper()) return false;
     if (!in_tensors()) {
       ++depth_;
       return doc_.StartObject();
@@ -143,6 +202,7 @@ class ManifestHandler {
     return finish_entry();
   }
   bool StartArray() {
+    if (!deeper()) return false;
     if (!in_tensors()) {
       if (depth_ == 1 && root_key_tensors_) {
         if (tensors_seen_) return fail("tensors appears twice");
@@ -182,6 +242,13 @@ class ManifestHandler {
   enum class Field { Name, Dtype, Shape, Nbytes, Source, Other };
 
   bool in_tensors() const { return level_ > 0; }
+  // Nesting is limited (json::kMaxDepth) so that walking the Document
+  // cannot exhaust the stack; the parser itself is iterative.
+  bool deeper() {
+    const int open = depth_ + (level_ > 0 ? 1 : 0) + (level_ > 1 ? 1 : 0) + (in_shape_ ? 1 : 0) + skip_;
+    if (open + 1 > json::kMaxDepth) return fail("nested more than " + std::to_string(json::kMaxDepth) + " levels deep");
+    return true;
+  }
 
   template <class F>
   void set(TensorFields::Got& got, F&& assign) {
@@ -480,29 +547,46 @@ std::string encode_manifest(const Manifest& m, const ManifestChanges* changes) {
   return out;
 }
 
+void encode_manifest_pieces(const Manifest& m, const ManifestChanges* changes,
+                            const std::function<void(std::string_view)>& out) {
+  PieceOut to{out, {}};
+  to.buf.reserve(PieceOut::kPiece);
+  rapidjson::Writer<PieceOut> w(to);
+  write_manifest(w, m, changes);
+  to.Flush();
+}
+
 Manifest decode_manifest(std::string_view json) {
-  if (!json::valid_utf8(json)) bad("not valid UTF-8");
-  if (!json::within_depth(json)) bad("nested more than " + std::to_string(json::kMaxDepth) + " levels deep");
+  size_t at = 0;
+  return decode_manifest([&](char* buf, size_t n) {
+    n = std::min(n, json.size() - at);
+    if (n) std::memcpy(buf, json.data() + at, n);
+    at += n;
+    return n;
+  });
+}
+
+// Text outside strings that is not ASCII is a syntax error, strings are
+// validated as UTF-8 by the parser (kParseValidateEncodingFlag) and, after
+// unescaping, by json::valid_utf8; nesting is limited by the handler.
+Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
   Manifest m;
-  {
-    // Room for every entry up front: growing a vector of a million entries
-    // would hold the old and the new array at once. Counted from the "nbytes"
-    // keys (a hint only), capped by the smallest possible entry.
-    size_t keys = 0;
-    for (size_t at = json.find("\"nbytes\""); at != std::string_view::npos; at = json.find("\"nbytes\"", at + 8)) ++keys;
-    constexpr size_t kSmallestEntry = sizeof R"({"name":"","dtype":"U8","shape":[],"nbytes":0})" - 1;
-    m.tensors.reserve(std::min(keys, json.size() / kSmallestEntry));
-  }
+  // No room is reserved from the frame's length: memory follows the
+  // entries that arrive, not what a frame claims.
   rapidjson::Document doc;
   rapidjson::Reader reader;
   ManifestHandler handler(doc, m.tensors);
+  PieceInput in(more);
   auto generate = [&](rapidjson::Document&) {
-    rapidjson::MemoryStream ms(json.data(), json.size());
-    return !reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(ms, handler).IsError();
+    return !reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(in, handler).IsError();
   };
   doc.Populate(generate);
+  if (in.saw_nul()) bad("contains a NUL byte (not JSON)");
   if (!handler.error().empty()) bad(handler.error());
-  if (reader.HasParseError()) bad("not valid JSON (byte " + std::to_string(reader.GetErrorOffset()) + ")");
+  if (reader.HasParseError()) {
+    if (reader.GetParseErrorCode() == rapidjson::kParseErrorStringInvalidEncoding) bad("not valid UTF-8");
+    bad("not valid JSON (byte " + std::to_string(reader.GetErrorOffset()) + ")");
+  }
   if (!json::strings_valid_utf8(doc)) bad("a string escape is not valid UTF-8 (lone surrogate)");
   if (!doc.IsObject()) bad("not a JSON object");
   if (get_string(member(doc, "format", "manifest"), "format") != "st-stream") bad("format is not 'st-stream'");

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -111,8 +112,16 @@ struct ManifestChanges {
 };
 
 std::string encode_manifest(const Manifest& m, const ManifestChanges* changes = nullptr);
+// The same text, given to `out` in pieces of at most 64 KiB as it is made,
+// so a manifest of a million tensors (~100 MB of JSON) is never held whole.
+void encode_manifest_pieces(const Manifest& m, const ManifestChanges* changes,
+                            const std::function<void(std::string_view)>& out);
 // Throws st::Error (message without a file name) on anything malformed.
 Manifest decode_manifest(std::string_view json);
+// The same for text that arrives in pieces: `more(buf, n)` gives up to n
+// next bytes, 0 at the end. The text is never held whole (the Reader
+// decodes a manifest frame as it arrives).
+Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more);
 
 std::string_view layout_name(ScaleLayout l);
 

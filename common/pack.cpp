@@ -46,13 +46,21 @@ std::string renamed(const std::string& name, const Options& opt) {
 
 Layout plan(const stream::Manifest& m, bool reference_order, const Options& opt) {
   std::vector<safetensors::TensorEntry> entries;
-  std::unordered_map<std::string, std::string> seen;  // output name -> input name
+  entries.reserve(m.tensors.size());
   for (const auto& t : m.tensors) {
-    const std::string name = renamed(t.name, opt);
+    std::string name = renamed(t.name, opt);
     if (name == "__metadata__") fail("renaming gives '" + t.name + "' the name '__metadata__', which safetensors reserves");
-    if (auto [it, fresh] = seen.emplace(name, t.name); !fresh)
-      fail("renaming gives '" + it->second + "' and '" + t.name + "' the same name '" + name + "'");
-    entries.push_back({name, t.dtype, t.shape, 0, t.nbytes});
+    entries.push_back({std::move(name), t.dtype, t.shape, 0, t.nbytes});
+  }
+  // Manifest names are unique; renaming may make two equal. (Views into
+  // entries, which no longer grows: a model may have a million names.)
+  if (!opt.strip_prefix.empty() || !opt.add_prefix.empty()) {
+    std::unordered_map<std::string_view, size_t> seen;  // output name -> input index
+    seen.reserve(entries.size());
+    for (size_t i = 0; i < entries.size(); ++i)
+      if (auto [it, fresh] = seen.emplace(entries[i].name, i); !fresh)
+        fail("renaming gives '" + m.tensors[it->second].name + "' and '" + m.tensors[i].name + "' the same name '" +
+             entries[i].name + "'");
   }
   std::vector<size_t> order(entries.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -64,8 +72,9 @@ Layout plan(const stream::Manifest& m, bool reference_order, const Options& opt)
   Layout l;
   l.offset.resize(entries.size());
   std::vector<safetensors::TensorEntry> sorted;
+  sorted.reserve(entries.size());
   for (size_t i : order) {
-    auto e = entries[i];
+    auto e = std::move(entries[i]);
     e.begin = l.data_bytes;
     e.end = l.data_bytes + e.end;  // end held nbytes
     l.data_bytes = e.end;

@@ -145,7 +145,7 @@ void dry_run(const std::string& input, const dequant::Options& dq, const pack::O
   std::unordered_set<std::string> converted;
   for (const auto& p : mt.pairs) converted.insert(p.weight);
   for (const auto& [i, name] : scales::output_names(m, mt))
-    if (!converted.count(m.tensors[i].name)) passed.push_back(name == m.tensors[i].name ? name : m.tensors[i].name + " -> " + name);
+    if (!converted.count(m.tensors[i].name)) passed.push_back(name == m.tensors[i].name ? std::string(name) : m.tensors[i].name + " -> " + std::string(name));
   out << "\npassed through unchanged: " << passed.size() << '\n';
   for (const auto& n : passed) out << "  " << n << '\n';
   out << "\ndropped: " << mt.drop.size() << '\n';

@@ -539,24 +539,37 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     if (dropped.count(t.name)) ordered.push_back(t.name);
   mt.drop = std::move(ordered);
 
-  std::map<std::string, size_t> seen;
-  for (const auto& [i, name] : output_names(m, mt))
-    if (!seen.emplace(name, i).second)
-      problem(kNameCollision, name,
-              json::quote(tensors[seen[name]].name) + " and " + json::quote(tensors[i].name) +
-                  " would both be written as " + json::quote(name));
+  {
+    // Views, not copies; the problems are added afterwards, since adding one
+    // may move the strings the views point into.
+    const auto names = output_names(m, mt);
+    std::unordered_map<std::string_view, size_t> seen;
+    seen.reserve(names.size());
+    std::vector<std::pair<size_t, size_t>> collisions;  // (first, second) input indices
+    std::vector<std::string> as;
+    for (const auto& [i, name] : names)
+      if (auto [it, fresh] = seen.emplace(name, i); !fresh) {
+        collisions.emplace_back(it->second, i);
+        as.emplace_back(name);
+      }
+    for (size_t k = 0; k < collisions.size(); ++k)
+      problem(kNameCollision, as[k],
+              json::quote(tensors[collisions[k].first].name) + " and " + json::quote(tensors[collisions[k].second].name) +
+                  " would both be written as " + json::quote(as[k]));
+  }
   return mt;
 }
 
-std::vector<std::pair<size_t, std::string>> output_names(const stream::Manifest& m, const Matching& mt) {
-  std::unordered_map<std::string, std::string> rename;
+std::vector<std::pair<size_t, std::string_view>> output_names(const stream::Manifest& m, const Matching& mt) {
+  std::unordered_map<std::string_view, std::string_view> rename;
   for (const auto& p : mt.pairs)
     if (!p.output.empty()) rename[p.weight] = p.output;
   for (const auto& r : mt.renames) rename[r.from] = r.to;
-  const std::unordered_set<std::string> dropped(mt.drop.begin(), mt.drop.end());
-  std::vector<std::pair<size_t, std::string>> out;
+  const std::unordered_set<std::string_view> dropped(mt.drop.begin(), mt.drop.end());
+  std::vector<std::pair<size_t, std::string_view>> out;
+  out.reserve(m.tensors.size() - std::min(m.tensors.size(), dropped.size()));
   for (size_t i = 0; i < m.tensors.size(); ++i) {
-    const auto& n = m.tensors[i].name;
+    const std::string_view n = m.tensors[i].name;
     if (dropped.count(n)) continue;
     auto it = rename.find(n);
     out.emplace_back(i, it == rename.end() ? n : it->second);
@@ -628,15 +641,18 @@ void validate(const stream::Manifest& m, const Matching& mt) {
   std::unordered_set<std::string> left;
   for (const auto& p : mt.problems)
     if (p.kind == kUnconverted) left.insert(p.tensor);
-  std::unordered_set<std::string> names;
+  std::unordered_set<std::string_view> names;  // views: a model may have a million names
+  names.reserve(m.tensors.size());
   for (const auto& t : m.tensors) names.insert(t.name);
   auto has = [&](const std::string& n) { return names.count(n) > 0; };
   for (const auto& t : m.tensors)
     if (is_fp8_weight_dtype(t.dtype) && !weights.count(t.name) && !left.count(t.name) && !dropped.count(t.name) &&
         !never_a_weight(t, has))
       fail("stream matching has no entry for FP8 tensor " + json::quote(t.name));
-  std::unordered_set<std::string> seen;
-  for (const auto& [i, name] : output_names(m, mt))
+  const auto out = output_names(m, mt);
+  std::unordered_set<std::string_view> seen;
+  seen.reserve(out.size());
+  for (const auto& [i, name] : out)
     if (!seen.insert(name).second) fail("stream matching gives two output tensors the name " + json::quote(name));
 }
 

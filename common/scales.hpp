@@ -108,8 +108,9 @@ std::map<std::string, std::string> owners(const std::vector<stream::TensorInfo>&
 std::vector<size_t> scales_first_order(const std::vector<stream::TensorInfo>& tensors);
 
 // The output name of every tensor that survives conversion, in order (for
-// name-collision checks and st-dequant's output manifest): input index and name.
-std::vector<std::pair<size_t, std::string>> output_names(const stream::Manifest& m, const stream::Matching& mt);
+// name-collision checks and st-dequant's output manifest): input index and
+// name, a view into `m` or `mt` (a model may have a million names).
+std::vector<std::pair<size_t, std::string_view>> output_names(const stream::Manifest& m, const stream::Matching& mt);
 
 // Human report and JSON report. `scale_values(name)` returns a scale's
 // decoded values (or an empty vector when unknown) for the min/max columns.

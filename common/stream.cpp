@@ -122,10 +122,31 @@ void Writer::frame(uint32_t type, const struct iovec* parts, int count, int hash
 void Writer::begin(const Manifest& m, const ManifestChanges* changes) {
   if (begun_) throw Error("internal: stream begun twice");
   preamble();
-  const std::string json = encode_manifest(m, changes);
-  if (json.size() > kMaxManifestBytes) fail("manifest too large for the stream format (" + std::to_string(json.size()) + " bytes)");
-  struct iovec v{const_cast<char*>(json.data()), json.size()};
-  frame(kFrameManifest, &v, 1, 1);
+  // The manifest is made three times, never held whole: for its length,
+  // for the frame checksum (which the header carries before the payload),
+  // and to write it.
+  uint64_t len = 0;
+  encode_manifest_pieces(m, changes, [&](std::string_view s) { len += s.size(); });
+  if (len > kMaxManifestBytes) fail("manifest too large for the stream format (" + std::to_string(len) + " bytes)");
+  uint8_t hdr[kFrameHeaderBytes];
+  put_u32(hdr, kFrameManifest);
+  put_u32(hdr + 4, 0);
+  put_u64(hdr + 8, len);
+  h_->frame.reset();
+  h_->frame.update(hdr, 16);
+  encode_manifest_pieces(m, changes, [&](std::string_view s) { h_->frame.update(s.data(), s.size()); });
+  put_u64(hdr + 16, h_->frame.digest());
+  sink_failed_ = true;  // a write that throws may have left half a frame
+  sink_.write(hdr, sizeof hdr);
+  uint64_t written = 0;
+  encode_manifest_pieces(m, changes, [&](std::string_view s) {
+    sink_.write(s.data(), s.size());
+    written += s.size();
+  });
+  if (written != len) throw Error("internal: the manifest encoded to different lengths");
+  sink_.write(kZeros, padding_for(len));
+  sink_failed_ = false;
+  ++frames_;
   sizes_.clear();
   for (const auto& t : m.tensors) sizes_.push_back(t.nbytes);
   current_ = 0;
@@ -222,13 +243,42 @@ Reader::Reader(io::Source& src, std::string name) : src_(src), name_(std::move(n
             " is not supported (this tool reads version 1.x)");
   if (get_u32(pre + 12) != 0) corrupt("reserved preamble bytes are not zero");
   next_pos_ = sizeof pre;
+  // The manifest is decoded as it arrives (a million tensors make ~100 MB
+  // of JSON, never held whole) and hashed on the way; nothing decoded is
+  // used unless the frame checksum then matches.
+  manifest_header_only_ = true;
   if (read_frame() != kFrameManifest) corrupt("the first frame is not the manifest");
+  manifest_header_only_ = false;
+  h_->frame.reset();
+  h_->frame.update(manifest_hdr_, 16);
+  uint64_t left = payload_len_;
+  bool cut = false;
+  auto more = [&](char* b, size_t n) -> size_t {
+    n = static_cast<size_t>(std::min<uint64_t>(n, left));
+    const size_t got = n ? src_.read_full(b, n) : 0;
+    h_->frame.update(b, got);
+    left -= got;
+    if (got < n) {
+      cut = true;
+      left = 0;
+    }
+    return got;
+  };
+  std::string invalid;
   try {
-    manifest_ = decode_manifest(std::string_view(reinterpret_cast<const char*>(buf_.data()), payload_len_));
+    manifest_ = decode_manifest(more);
   } catch (const Error& e) {
-    corrupt(e.what());
+    invalid = e.what();
   }
-  std::vector<uint8_t>().swap(buf_);  // a big manifest's text is not kept for the data frames
+  char rest[4096];  // what the parser left unread (after an error), for the checksum
+  while (left > 0) more(rest, sizeof rest);
+  const size_t pad = padding_for(payload_len_);
+  if (!cut && src_.read_full(rest, pad) < pad) cut = true;
+  if (cut) corrupt("stream truncated inside a frame");
+  for (size_t i = 0; i < pad; ++i)
+    if (rest[i] != 0) corrupt("frame padding is not zero");
+  if (h_->frame.digest() != get_u64(manifest_hdr_ + 16)) corrupt("frame checksum mismatch (corrupt stream)");
+  if (!invalid.empty()) corrupt(invalid);
 
 }
 
@@ -270,6 +320,12 @@ uint32_t Reader::read_frame() {
     if (flags != 0) corrupt("reserved frame flags are not zero (corrupt stream?)");
     const size_t pad = padding_for(len);
     const size_t total = static_cast<size_t>(len) + pad;
+    if (manifest_header_only_ && type == kFrameManifest) {  // the constructor reads the rest
+      std::memcpy(manifest_hdr_, hdr, sizeof hdr);
+      payload_len_ = len;
+      next_pos_ = pos_ + sizeof hdr + total;
+      return type;
+    }
     // A DATA frame's bytes may stay in the pipe, to be spliced by next().
     data_deferred_ = type == kFrameData && splice_target_ && len > kDataSubheaderBytes && src_.can_splice();
     const size_t want = data_deferred_ ? kDataSubheaderBytes : total;

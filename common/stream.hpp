@@ -120,6 +120,8 @@ class Reader {
   uint64_t payload_len_ = 0;
   std::function<SpliceTarget(uint32_t, uint64_t)> splice_target_;
   bool data_deferred_ = false;  // the current DATA frame's bytes are still in src_
+  bool manifest_header_only_ = false;
+  uint8_t manifest_hdr_[kFrameHeaderBytes] = {};
   uint64_t pos_ = 0;         // byte offset of the current frame, for messages
   uint64_t next_pos_ = 0;
   uint64_t frame_no_ = 0;    // frames read after the preamble

@@ -750,10 +750,39 @@ TEST_CASE("hand-built streams that break a §10 rule are rejected", "[stream][sp
       {"manifest duplicate name", manifest_with(R"("name":"t1")", R"("name":"t0")")},
       {"manifest bad UTF-8", manifest_with(R"("producer":"hand")", "\"producer\":\"h\xC0\xAF\"")},
       {"manifest no tensors", manifest_with(R"(,"tensors":[)", R"(,"tensorz":[)")},
+      {"manifest surrogate bytes", manifest_with(R"("producer":"hand")", "\"producer\":\"h\xED\xA0\x80\"")},
+      {"manifest NUL after the object", replaced(0, manifest_frame(good + std::string(1, '\0') + "xx"))},
+      {"manifest NUL in a string", manifest_with(R"("producer":"hand")", std::string("\"producer\":\"h\0d\"", 16))},
+      {"manifest trailing text", replaced(0, manifest_frame(good + " x"))},
   };
   for (const auto& c : cases) {
     INFO(c.name);
     CHECK(rejected(c.s));
+  }
+}
+
+TEST_CASE("a corrupt manifest is reported as corrupt, not as bad JSON", "[stream][spec]") {
+  // The manifest is decoded as it arrives; its frame checksum is still
+  // checked before anything decoded counts, so a flipped byte that breaks
+  // the JSON says "checksum", and a cut one says "truncated".
+  const Bytes s = assemble(with_end(hand_frames()));
+  const std::string text(s.begin(), s.end());
+  const size_t at = text.find("\"tensors\"");
+  REQUIRE(at != std::string::npos);
+  Bytes flipped = s;
+  flipped[at] = '{';  // now not JSON at all
+  std::string why;
+  REQUIRE(rejected(flipped, SIZE_MAX, &why));
+  CHECK_THAT(why, Catch::Contains("frame checksum mismatch"));
+  const Bytes cut(s.begin(), s.begin() + long(at));
+  REQUIRE(rejected(cut, SIZE_MAX, &why));
+  CHECK_THAT(why, Catch::Contains("truncated"));
+  // Read in pieces of 1 to 7 bytes, the same stream decodes the same.
+  for (size_t piece = 1; piece < 8; ++piece) {
+    INFO("max read " << piece);
+    const auto rb = read_all(s, piece);
+    REQUIRE(rb.manifest.tensors.size() == 2);
+    CHECK(rb.manifest.tensors[1].name == "t1");
   }
 }
 
