@@ -50,9 +50,10 @@ size_t FdSource::splice_some(int fd, const std::string& fd_name, uint64_t offset
       const ssize_t r = ::splice(fd_, nullptr, fd, &pos, n, SPLICE_F_MOVE);
       if (r >= 0) return static_cast<size_t>(r);
       if (errno == EINTR) continue;
-      // Errors of the output (ENOSPC, EFBIG, EIO) are named after it.
-      if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) fail(fd_name + ": write failed: " + errno_text(errno));
-      break;  // not for this file system: read() from now on
+      if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) break;  // not for this file system: read() from now on
+      const int err = errno;
+      if (err == ENOSPC || err == EFBIG || err == EDQUOT || err == EIO) fail(fd_name + ": write failed: " + errno_text(err));
+      fail(name_ + ": read failed: " + errno_text(err));
     }
   }
 #else

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <new>
 
 #include "error.hpp"
 
@@ -269,6 +270,8 @@ Reader::Reader(io::Source& src, std::string name) : src_(src), name_(std::move(n
     manifest_ = decode_manifest(more);
   } catch (const Error& e) {
     invalid = e.what();
+  } catch (const std::bad_alloc&) {  // from a corrupt length, say: the checksum speaks first
+    invalid = "out of memory while decoding the manifest";
   }
   char rest[4096];  // what the parser left unread (after an error), for the checksum
   while (left > 0) more(rest, sizeof rest);
