@@ -146,6 +146,7 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
   if (input_.several())
     for (const auto& f : input_.files) manifest_.shards.push_back(paths::absolute(f));
   if (!input_.dir.empty()) manifest_.model_dir = paths::absolute(input_.dir);
+  index_ = std::make_unique<stream::NameIndex>(manifest_);
 }
 
 uint64_t SafetensorsSource::input_bytes() const {
@@ -230,8 +231,18 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
   return digests;
 }
 
+SafetensorsSource::~SafetensorsSource() = default;
+
 std::vector<uint8_t> SafetensorsSource::read_tensor(const std::string& name) const {
-  for (const Shard& sh : shards_)
+  if (const long i = index_->find(name); i >= 0) {
+    const Ref r = refs_[static_cast<size_t>(i)];
+    const Shard& sh = shards_[r.shard];
+    const auto& t = sh.header.tensors[r.entry];
+    std::vector<uint8_t> bytes(t.nbytes());
+    sh.file->pread_exact(sh.header.data_start + t.begin, bytes.data(), bytes.size());
+    return bytes;
+  }
+  for (const Shard& sh : shards_)  // a tensor --include/--exclude left out
     for (const auto& t : sh.header.tensors)
       if (t.name == name) {
         std::vector<uint8_t> bytes(t.nbytes());

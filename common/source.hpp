@@ -35,6 +35,9 @@ class SafetensorsSource {
   // the weight it belongs to). Nothing is written yet.
   SafetensorsSource(const model_input::ModelInput& input, const ListOptions& opt = {});
   explicit SafetensorsSource(const std::string& path, const ListOptions& opt = {});
+  ~SafetensorsSource();
+  SafetensorsSource(const SafetensorsSource&) = delete;  // index_ refers to manifest_
+  SafetensorsSource& operator=(const SafetensorsSource&) = delete;
 
   // Tensors in the order st-list emits them: markers and weight scales
   // first, then the rest in file order, file after file (st-dequant needs a
@@ -71,6 +74,7 @@ class SafetensorsSource {
   std::vector<Shard> shards_;
   stream::Manifest manifest_;
   std::vector<Ref> refs_;  // manifest index -> where its bytes are
+  std::unique_ptr<stream::NameIndex> index_;  // for read_tensor: a report reads every scale
   std::vector<stream::MatchProblem> index_problems_;
 };
 
