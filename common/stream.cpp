@@ -98,15 +98,19 @@ void Writer::preamble() {
   begun_ = true;
 }
 
-void Writer::frame(uint32_t type, const struct iovec* parts, int count, int hashed) {
-  uint64_t len = 0;
-  for (int i = 0; i < count; ++i) len += parts[i].iov_len;
-  uint8_t hdr[kFrameHeaderBytes];
+void Writer::start_frame(uint8_t* hdr, uint32_t type, uint64_t len) {
   put_u32(hdr, type);
   put_u32(hdr + 4, 0);
   put_u64(hdr + 8, len);
   h_->frame.reset();
   h_->frame.update(hdr, 16);
+}
+
+void Writer::frame(uint32_t type, const struct iovec* parts, int count, int hashed) {
+  uint64_t len = 0;
+  for (int i = 0; i < count; ++i) len += parts[i].iov_len;
+  uint8_t hdr[kFrameHeaderBytes];
+  start_frame(hdr, type, len);
   for (int i = 0; i < hashed; ++i) h_->frame.update(parts[i].iov_base, parts[i].iov_len);
   put_u64(hdr + 16, h_->frame.digest());
   struct iovec v[6];
@@ -130,11 +134,7 @@ void Writer::begin(const Manifest& m, const ManifestChanges* changes) {
   encode_manifest_pieces(m, changes, [&](std::string_view s) { len += s.size(); });
   if (len > kMaxManifestBytes) fail("manifest too large for the stream format (" + std::to_string(len) + " bytes)");
   uint8_t hdr[kFrameHeaderBytes];
-  put_u32(hdr, kFrameManifest);
-  put_u32(hdr + 4, 0);
-  put_u64(hdr + 8, len);
-  h_->frame.reset();
-  h_->frame.update(hdr, 16);
+  start_frame(hdr, kFrameManifest, len);
   encode_manifest_pieces(m, changes, [&](std::string_view s) { h_->frame.update(s.data(), s.size()); });
   put_u64(hdr + 16, h_->frame.digest());
   sink_failed_ = true;  // a write that throws may have left half a frame

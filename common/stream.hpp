@@ -45,6 +45,9 @@ class Writer {
  private:
   // The frame checksum covers the header and the first `hashed` parts.
   void frame(uint32_t type, const struct iovec* parts, int count, int hashed);
+  // Fills the first 16 bytes of a frame header (kFrameHeaderBytes long) and
+  // starts the frame checksum over them.
+  void start_frame(uint8_t* hdr, uint32_t type, uint64_t len);
   void preamble();
   void data_frames(uint32_t index, std::span<const uint8_t> bytes, const uint64_t* known_hash);
 
