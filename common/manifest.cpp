@@ -1,7 +1,6 @@
 #include "manifest.hpp"
 
 #include <rapidjson/document.h>
-#include <rapidjson/memorystream.h>
 #include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
@@ -19,22 +18,8 @@ namespace {
 
 using Value = rapidjson::Value;
 
-// Output streams for rapidjson::Writer: one that only counts, and one that
-// appends to a string reserved from the count. A manifest of a million
-// tensors (~100 MB) is then written once, with no growing buffer and no
-// copy out of it.
-struct CountingStream {
-  using Ch = char;
-  size_t n = 0;
-  void Put(char) { ++n; }
-  void Flush() {}
-};
-struct StringOut {
-  using Ch = char;
-  std::string& s;
-  void Put(char c) { s.push_back(c); }
-  void Flush() {}
-};
+// Output stream for rapidjson::Writer that hands the text on in pieces, so
+// a manifest of a million tensors (~100 MB) is never held whole.
 struct PieceOut {
   using Ch = char;
   static constexpr size_t kPiece = 64u << 10;
@@ -536,14 +521,11 @@ void write_manifest(W& w, const Manifest& m, const ManifestChanges* changes) {
 }  // namespace
 
 std::string encode_manifest(const Manifest& m, const ManifestChanges* changes) {
-  CountingStream count;
-  rapidjson::Writer<CountingStream> counter(count);
-  write_manifest(counter, m, changes);
+  size_t len = 0;  // sized first: no growing buffer for a big manifest
+  encode_manifest_pieces(m, changes, [&](std::string_view s) { len += s.size(); });
   std::string out;
-  out.reserve(count.n);
-  StringOut to{out};
-  rapidjson::Writer<StringOut> w(to);
-  write_manifest(w, m, changes);
+  out.reserve(len);
+  encode_manifest_pieces(m, changes, [&](std::string_view s) { out.append(s); });
   return out;
 }
 
@@ -604,16 +586,8 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
 
   // The entries themselves were checked and built by the handler.
   if (!member(doc, "tensors", "manifest").IsArray()) bad("tensors is not an array");
-  {
-    // Names must be unique; sorting positions costs 4 bytes a tensor where
-    // a set of names would copy every name.
-    std::vector<uint32_t> by_name(m.tensors.size());
-    for (uint32_t i = 0; i < by_name.size(); ++i) by_name[i] = i;
-    std::sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) { return m.tensors[a].name < m.tensors[b].name; });
-    for (size_t i = 1; i < by_name.size(); ++i)
-      if (m.tensors[by_name[i]].name == m.tensors[by_name[i - 1]].name)
-        bad("duplicate tensor name " + json::quote(m.tensors[by_name[i]].name));
-  }
+  if (const std::string* twice = safetensors::repeated_name(m.tensors.size(), [&](size_t i) -> const std::string& { return m.tensors[i].name; }))
+    bad("duplicate tensor name " + json::quote(*twice));
 
   if (auto it = doc.FindMember("quantization_config"); it != doc.MemberEnd() && !it->value.IsNull()) {
     if (!it->value.IsObject()) bad("quantization_config is not an object");

@@ -282,19 +282,9 @@ Header parse_header(std::span<const uint8_t> bytes, uint64_t file_size) {
   h.data_start = 8 + bytes.size();
   h.data_size = file_size - h.data_start;
 
-  // Names are unique (the reference keeps the last of a repeated one; we
-  // refuse). Sorting positions costs 4 bytes a tensor where a set of names
-  // would copy each name of a header that may list a million.
-  {
-    std::vector<uint32_t> by_name(h.tensors.size());
-    for (uint32_t i = 0; i < by_name.size(); ++i) by_name[i] = i;
-    std::sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) {
-      return h.tensors[a].name != h.tensors[b].name ? h.tensors[a].name < h.tensors[b].name : a < b;
-    });
-    for (size_t i = 1; i < by_name.size(); ++i)
-      if (h.tensors[by_name[i]].name == h.tensors[by_name[i - 1]].name)
-        fail("invalid header: duplicate tensor name " + quote(h.tensors[by_name[i]].name));
-  }
+  // Names are unique (the reference keeps the last of a repeated one; we refuse).
+  if (const std::string* twice = repeated_name(h.tensors.size(), [&](size_t i) -> const std::string& { return h.tensors[i].name; }))
+    fail("invalid header: duplicate tensor name " + quote(*twice));
 
   // Data order (usually already so: no sort, no sort buffer), then the
   // reference's contiguity walk.

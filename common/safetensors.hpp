@@ -4,6 +4,7 @@
 // data_offsets covering the data section exactly), and the header writer.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -54,5 +55,19 @@ std::vector<uint8_t> serialize_header(const std::optional<Metadata>& metadata,
 
 // The reference writer's data order: descending dtype enum, then name bytes.
 void sort_reference_order(std::vector<TensorEntry>& tensors);
+
+// A name that `n` tensors (name_of(i) for i < n) share, or nullptr: the
+// manifest and the header both refuse repeated names. Sorting positions
+// costs 4 bytes a tensor where a set of names would copy every name of a
+// header that may list a million.
+template <class NameOf>
+const std::string* repeated_name(size_t n, NameOf name_of) {
+  std::vector<uint32_t> by_name(n);
+  for (uint32_t i = 0; i < by_name.size(); ++i) by_name[i] = i;
+  std::sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) { return name_of(a) < name_of(b); });
+  for (size_t i = 1; i < by_name.size(); ++i)
+    if (name_of(by_name[i]) == name_of(by_name[i - 1])) return &name_of(by_name[i]);
+  return nullptr;
+}
 
 }  // namespace st::safetensors

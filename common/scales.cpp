@@ -539,24 +539,16 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     if (dropped.count(t.name)) ordered.push_back(t.name);
   mt.drop = std::move(ordered);
 
-  {
-    // Views, not copies; the problems are added afterwards, since adding one
-    // may move the strings the views point into.
-    const auto names = output_names(m, mt);
-    std::unordered_map<std::string_view, size_t> seen;
-    seen.reserve(names.size());
-    std::vector<std::pair<size_t, size_t>> collisions;  // (first, second) input indices
-    std::vector<std::string> as;
-    for (const auto& [i, name] : names)
-      if (auto [it, fresh] = seen.emplace(name, i); !fresh) {
-        collisions.emplace_back(it->second, i);
-        as.emplace_back(name);
-      }
-    for (size_t k = 0; k < collisions.size(); ++k)
-      problem(kNameCollision, as[k],
-              json::quote(tensors[collisions[k].first].name) + " and " + json::quote(tensors[collisions[k].second].name) +
-                  " would both be written as " + json::quote(as[k]));
-  }
+  // Views into m.tensors, mt.pairs and mt.renames (adding a problem moves
+  // none of them).
+  const auto names = output_names(m, mt);
+  std::unordered_map<std::string_view, size_t> seen;
+  seen.reserve(names.size());
+  for (const auto& [i, name] : names)
+    if (auto [it, fresh] = seen.emplace(name, i); !fresh)
+      problem(kNameCollision, std::string(name),
+              json::quote(tensors[it->second].name) + " and " + json::quote(tensors[i].name) +
+                  " would both be written as " + json::quote(name));
   return mt;
 }
 

@@ -234,21 +234,18 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
 SafetensorsSource::~SafetensorsSource() = default;
 
 std::vector<uint8_t> SafetensorsSource::read_tensor(const std::string& name) const {
-  if (const long i = index_->find(name); i >= 0) {
-    const Ref r = refs_[static_cast<size_t>(i)];
-    const Shard& sh = shards_[r.shard];
-    const auto& t = sh.header.tensors[r.entry];
+  auto read = [](const Shard& sh, const safetensors::TensorEntry& t) {
     std::vector<uint8_t> bytes(t.nbytes());
     sh.file->pread_exact(sh.header.data_start + t.begin, bytes.data(), bytes.size());
     return bytes;
+  };
+  if (const long i = index_->find(name); i >= 0) {
+    const Ref r = refs_[static_cast<size_t>(i)];
+    return read(shards_[r.shard], shards_[r.shard].header.tensors[r.entry]);
   }
   for (const Shard& sh : shards_)  // a tensor --include/--exclude left out
     for (const auto& t : sh.header.tensors)
-      if (t.name == name) {
-        std::vector<uint8_t> bytes(t.nbytes());
-        sh.file->pread_exact(sh.header.data_start + t.begin, bytes.data(), bytes.size());
-        return bytes;
-      }
+      if (t.name == name) return read(sh, t);
   throw Error("internal: no tensor " + name);
 }
 

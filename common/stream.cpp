@@ -278,17 +278,20 @@ Reader::Reader(io::Source& src, std::string name) : src_(src), name_(std::move(n
   const size_t pad = padding_for(payload_len_);
   if (!cut && src_.read_full(rest, pad) < pad) cut = true;
   if (cut) corrupt("stream truncated inside a frame");
-  for (size_t i = 0; i < pad; ++i)
-    if (rest[i] != 0) corrupt("frame padding is not zero");
+  check_padding(reinterpret_cast<const uint8_t*>(rest), pad);
   if (h_->frame.digest() != get_u64(manifest_hdr_ + 16)) corrupt("frame checksum mismatch (corrupt stream)");
   if (!invalid.empty()) corrupt(invalid);
-
 }
 
 Reader::~Reader() = default;
 
 void Reader::splice_data_to(std::function<SpliceTarget(uint32_t, uint64_t)> target) {
   splice_target_ = std::move(target);
+}
+
+void Reader::check_padding(const uint8_t* p, size_t n) const {
+  for (size_t i = 0; i < n; ++i)
+    if (p[i] != 0) corrupt("frame padding is not zero");
 }
 
 void Reader::corrupt(const std::string& what) const {
@@ -343,9 +346,7 @@ uint32_t Reader::read_frame() {
       if (have == want) break;
       buf_.resize(std::min(want, buf_.size() * 2));
     }
-    if (!data_deferred_)
-      for (size_t i = 0; i < pad; ++i)
-        if (buf_[len + i] != 0) corrupt("frame padding is not zero");
+    if (!data_deferred_) check_padding(buf_.data() + len, pad);
     // A DATA frame's checksum covers its sub-header; the sub-header's data
     // checksum covers the data (checked in next()).
     const uint64_t hashed = type == kFrameData ? std::min<uint64_t>(len, kDataSubheaderBytes) : len;
@@ -393,8 +394,7 @@ Event Reader::next() {
         const size_t rest = static_cast<size_t>(n - ev.spliced), pad = padding_for(payload_len_);
         buf_.resize(rest + pad);
         if (src_.read_full(buf_.data(), buf_.size()) < buf_.size()) corrupt("stream truncated inside a frame");
-        for (size_t i = rest; i < rest + pad; ++i)
-          if (buf_[i] != 0) corrupt("frame padding is not zero");
+        check_padding(buf_.data() + rest, pad);
         start = 0;
       }
       if (ev.spliced == 0 && XXH3_64bits(buf_.data() + start, n) != data_hash)

@@ -113,6 +113,7 @@ class Reader {
 
  private:
   [[noreturn]] void corrupt(const std::string& what) const;
+  void check_padding(const uint8_t* p, size_t n) const;  // padding bytes must be zero
   // Reads one frame (skipping skippable ones); returns its type; payload in buf_.
   uint32_t read_frame();
 
