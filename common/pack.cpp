@@ -474,39 +474,36 @@ Result run(stream::Reader& in, const Options& opt) {
     io::check_free_space(p.dir, set_bytes, p.dir);
   }
 
+  // With verification on, every piece is read back right after it is
+  // written, while it is still in the page cache and often in the CPU's
+  // cache, and compared with the stream's checksum; a pass over the whole
+  // output at the end was measured as most of st-pack's time
+  // (docs/performance.md). Checking early is checking the end result:
+  // writes never overlap (the layout gives each tensor its own range after
+  // the header, and the reader makes each tensor's frames contiguous).
+  std::vector<uint8_t> back;
+  auto check_back = [&](const io::AtomicOutput& f, uint64_t pos, uint64_t n, uint64_t hash) {
+    f.with_bytes(pos, n, back, [&](const uint8_t* q) {
+      if (XXH3_64bits(q, n) != hash)
+        fail(f.target() + ": verification failed: bytes read back at offsets " + std::to_string(pos) + "-" +
+             std::to_string(pos + n) + " do not match the stream's checksums (corrupt stream or a write error)");
+    });
+  };
   std::vector<std::unique_ptr<io::AtomicOutput>> files;
   uint64_t data_total = 0;
   for (const auto& sh : p.shards) {
     files.push_back(std::make_unique<io::AtomicOutput>(sh.path, opt.overwrite));
-    files.back()->reserve(sh.size());
-    files.back()->pwrite_all(0, sh.layout.header.data(), sh.layout.header.size());
+    io::AtomicOutput& f = *files.back();
+    f.reserve(sh.size());
+    const auto& header = sh.layout.header;
+    f.pwrite_all(0, header.data(), header.size());
+    if (opt.verify)
+      f.with_bytes(0, header.size(), back, [&](const uint8_t* q) {
+        if (std::memcmp(q, header.data(), header.size()) != 0)
+          fail(sh.path + ": verification failed: the header read back differs from the one written");
+      });
     data_total += sh.layout.data_bytes;
   }
-  // What was written where, to read it back: runs of contiguous pieces of
-  // equal length in one file with their hashes chained, so this grows with
-  // the tensors, not with the frames (256 KiB each from st-dequant).
-  struct Written {
-    uint32_t file;
-    uint64_t pos, len, count, chain;
-  };
-  std::vector<Written> written;
-  auto chain = [](uint64_t c, uint64_t h) {
-    uint8_t b[8];
-    for (int k = 0; k < 8; ++k) b[k] = static_cast<uint8_t>(h >> (8 * k));
-    return XXH3_64bits_withSeed(b, sizeof b, c);
-  };
-  auto record = [&](uint32_t f, uint64_t pos, uint64_t len, uint64_t hash) {
-    if (!opt.verify) return;
-    if (!written.empty()) {
-      Written& w = written.back();
-      if (w.file == f && w.len == len && w.pos + w.len * w.count == pos) {
-        ++w.count;
-        w.chain = chain(w.chain, hash);
-        return;
-      }
-    }
-    written.push_back({f, pos, len, 1, chain(0, hash)});
-  };
   auto file_pos = [&](uint32_t tensor, uint64_t offset) {
     return p.shards[p.shard_of[tensor]].layout.header.size() + p.offset[tensor] + offset;
   };
@@ -525,13 +522,13 @@ Result run(stream::Reader& in, const Options& opt) {
     const Event ev = in.next();  // checks every frame, and the data checksums of bytes not spliced
     if (ev.kind == Event::Kind::End) break;
     if (ev.kind == Event::Kind::Data) {
-      const uint32_t s = p.shard_of[ev.tensor];
+      io::AtomicOutput& f = *files[p.shard_of[ev.tensor]];
       const uint64_t pos = file_pos(ev.tensor, ev.offset), n = ev.spliced + ev.data.size();
-      files[s]->pwrite_all(pos + ev.spliced, ev.data.data(), ev.data.size());
-      record(s, pos, n, ev.hash);
+      f.pwrite_all(pos + ev.spliced, ev.data.data(), ev.data.size());
+      if (opt.verify) check_back(f, pos, n, ev.hash);
       progress.add(n);
       if ((unwritten += n) >= kWritebackBytes) {
-        files[s]->start_writeback();  // overlap the disk writes with the stream
+        f.start_writeback();  // overlap the disk writes with the stream
         unwritten = 0;
       }
     }
@@ -543,10 +540,9 @@ Result run(stream::Reader& in, const Options& opt) {
   for (const auto& e : p.extras) {
     files.push_back(std::make_unique<io::AtomicOutput>(e.target, opt.overwrite));
     io::AtomicOutput& f = *files.back();
-    const uint32_t k = static_cast<uint32_t>(files.size() - 1);
     if (e.source.empty()) {
       f.pwrite_all(0, e.contents.data(), e.contents.size());
-      if (!e.contents.empty()) record(k, 0, e.contents.size(), XXH3_64bits(e.contents.data(), e.contents.size()));
+      if (opt.verify && !e.contents.empty()) check_back(f, 0, e.contents.size(), XXH3_64bits(e.contents.data(), e.contents.size()));
       continue;
     }
     const io::InputFile src(e.source);
@@ -556,35 +552,9 @@ Result run(stream::Reader& in, const Options& opt) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), src.size() - off));
       src.pread_exact(off, buf.data(), n);
       f.pwrite_all(off, buf.data(), n);
-      if (opt.verify) record(k, off, n, XXH3_64bits(buf.data(), n));
+      if (opt.verify) check_back(f, off, n, XXH3_64bits(buf.data(), n));
       off += n;
     }
-  }
-  if (opt.verify) {
-    // Read back what the files now hold and compare with the stream's checksums.
-    size_t biggest_header = 0;
-    for (const auto& sh : p.shards) biggest_header = std::max(biggest_header, sh.layout.header.size());
-    std::vector<uint8_t> buf(std::max<size_t>(biggest_header, stream::kMaxChunkBytes));
-    for (size_t s = 0; s < p.shards.size(); ++s) {
-      const auto& header = p.shards[s].layout.header;
-      files[s]->pread_all(0, buf.data(), header.size());
-      if (std::memcmp(buf.data(), header.data(), header.size()) != 0)
-        fail(p.shards[s].path + ": verification failed: the header read back differs from the one written");
-    }
-    uint64_t check_total = 0;
-    for (const Written& w : written) check_total += w.len * w.count;
-    cli::Progress checking(cli::tool_name() + " (verifying)", opt.progress, check_total);
-    for (const Written& w : written) {
-      uint64_t c = 0;
-      for (uint64_t k = 0; k < w.count; ++k) {
-        files[w.file]->with_bytes(w.pos + k * w.len, w.len, buf, [&](const uint8_t* q) { c = chain(c, XXH3_64bits(q, w.len)); });
-        checking.add(w.len);
-      }
-      if (c != w.chain)
-        fail(files[w.file]->target() + ": verification failed: bytes read back at offsets " + std::to_string(w.pos) +
-             "-" + std::to_string(w.pos + w.len * w.count) + " do not match the stream's checksums (corrupt stream or a write error)");
-    }
-    checking.finish();
   }
   // Into place as a set: if one cannot be committed, the ones already in
   // place are removed again (they did not exist before, or -f was given).
