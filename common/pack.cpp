@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cstring>
@@ -16,6 +15,7 @@
 
 #include "cli.hpp"
 #include "error.hpp"
+#include "hash.hpp"
 #include "io.hpp"
 #include "json_util.hpp"
 #include "model_config.hpp"
@@ -484,7 +484,7 @@ Result run(stream::Reader& in, const Options& opt) {
   std::vector<uint8_t> back;
   auto check_back = [&](const io::AtomicOutput& f, uint64_t pos, uint64_t n, uint64_t hash) {
     f.with_bytes(pos, n, back, [&](const uint8_t* q) {
-      if (XXH3_64bits(q, n) != hash)
+      if (hash::xxh3(q, n) != hash)
         fail(f.target() + ": verification failed: bytes read back at offsets " + std::to_string(pos) + "-" +
              std::to_string(pos + n) + " do not match the stream's checksums (corrupt stream or a write error)");
     });
@@ -542,7 +542,7 @@ Result run(stream::Reader& in, const Options& opt) {
     io::AtomicOutput& f = *files.back();
     if (e.source.empty()) {
       f.pwrite_all(0, e.contents.data(), e.contents.size());
-      if (opt.verify && !e.contents.empty()) check_back(f, 0, e.contents.size(), XXH3_64bits(e.contents.data(), e.contents.size()));
+      if (opt.verify && !e.contents.empty()) check_back(f, 0, e.contents.size(), hash::xxh3(e.contents.data(), e.contents.size()));
       continue;
     }
     const io::InputFile src(e.source);
@@ -552,7 +552,7 @@ Result run(stream::Reader& in, const Options& opt) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), src.size() - off));
       src.pread_exact(off, buf.data(), n);
       f.pwrite_all(off, buf.data(), n);
-      if (opt.verify) check_back(f, off, n, XXH3_64bits(buf.data(), n));
+      if (opt.verify) check_back(f, off, n, hash::xxh3(buf.data(), n));
       off += n;
     }
   }

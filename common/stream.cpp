@@ -8,6 +8,7 @@
 #include <new>
 
 #include "error.hpp"
+#include "hash.hpp"
 
 namespace st::stream {
 
@@ -156,7 +157,7 @@ void Writer::begin(const Manifest& m, const ManifestChanges* changes) {
   h_->combined.reset();
 }
 
-uint64_t data_hash(std::span<const uint8_t> bytes) { return XXH3_64bits(bytes.data(), bytes.size()); }
+uint64_t data_hash(std::span<const uint8_t> bytes) { return hash::xxh3(bytes.data(), bytes.size()); }
 
 void Writer::data(uint32_t index, std::span<const uint8_t> bytes) { data_frames(index, bytes, nullptr); }
 
@@ -172,7 +173,7 @@ void Writer::data_frames(uint32_t index, std::span<const uint8_t> bytes, const u
     uint8_t sub[kDataSubheaderBytes] = {};
     put_u32(sub, index);
     put_u64(sub + 8, offset_);
-    const uint64_t data_hash = known_hash && n == bytes.size() ? *known_hash : XXH3_64bits(bytes.data(), n);
+    const uint64_t data_hash = known_hash && n == bytes.size() ? *known_hash : hash::xxh3(bytes.data(), n);
     put_u64(sub + 16, data_hash);
     struct iovec v[2] = {{sub, sizeof sub}, {const_cast<uint8_t*>(bytes.data()), n}};
     frame(kFrameData, v, 2, 1);  // the data is covered by data_hash
@@ -397,7 +398,7 @@ Event Reader::next() {
         check_padding(buf_.data() + rest, pad);
         start = 0;
       }
-      if (ev.spliced == 0 && XXH3_64bits(buf_.data() + start, n) != data_hash)
+      if (ev.spliced == 0 && hash::xxh3(buf_.data() + start, n) != data_hash)
         corrupt("data checksum mismatch in tensor '" + ts[index].name + "' (corrupt stream)");
       received_ += n;
       data_bytes_ += n;

@@ -14,6 +14,7 @@
 
 #include "catch.hpp"
 #include "error.hpp"
+#include "hash.hpp"
 #include "io.hpp"
 #include "stream.hpp"
 
@@ -1266,3 +1267,30 @@ TEST_CASE("Reader splices DATA bytes from a pipe and leaves their check to the c
   ::unsetenv("ST_NO_SPLICE");
 }
 #endif
+
+// The data checksum's fast path (AVX2 XXH3 on x86-64, chosen at run time)
+// must give the library's XXH3 on every length class XXH3 treats apart
+// (0, 1-3, 4-8, 9-16, 17-128, 129-240, long inputs with a partial last
+// stripe and block) and from unaligned starts.
+TEST_CASE("data checksum: the AVX2 path gives the library's XXH3") {
+  namespace hash = st::hash;
+  REQUIRE(hash::library_xxh3(nullptr, 0) == 0x2D06800538D394C2ull);  // XXH3-64 of no bytes, seed 0
+  CHECK(std::string(hash::xxh3_path()) == (hash::avx2_usable() ? "avx2" : "library"));
+  Bytes buf((1u << 20) + 4096);
+  uint64_t x = 0x9E3779B97F4A7C15ull;
+  for (auto& b : buf) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    b = static_cast<uint8_t>(x >> 32);
+  }
+  std::vector<size_t> lengths;
+  for (size_t n = 0; n <= 260; ++n) lengths.push_back(n);
+  for (size_t n : {1023u, 1024u, 1025u, 4095u, 65536u, 65537u, 262144u, 262145u, (1u << 20) + 7u}) lengths.push_back(n);
+  for (size_t start : {0u, 1u, 3u, 31u}) {
+    for (size_t n : lengths) {
+      const uint8_t* p = buf.data() + start;
+      const uint64_t want = hash::library_xxh3(p, n);
+      CHECK(hash::xxh3(p, n) == want);
+      if (hash::avx2_usable()) CHECK(hash::avx2_xxh3(p, n) == want);
+    }
+  }
+}
