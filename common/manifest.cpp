@@ -146,7 +146,7 @@ class ManifestHandler {
     switch (field_) {
       case Field::Name: set(cur_.name, [&] { cur_.info.name.assign(v); }); break;
       case Field::Dtype: set(cur_.dtype, [&] { cur_.dtype_name.assign(v); }); break;
-      case Field::Source: set(cur_.source, [&] { cur_.info.source.assign(v); }); break;
+      case Field::Source: set(cur_.source, [&] { cur_.info.source = shared_source(v); }); break;
       case Field::Shape:
       case Field::Nbytes: wrong_value(); break;
       case Field::Other: break;
@@ -314,6 +314,12 @@ class ManifestHandler {
 
   rapidjson::Document& doc_;
   std::vector<TensorInfo>& out_;
+  SharedString last_source_;  // tensors of one file share its path
+
+  SharedString shared_source(std::string_view v) {
+    if (last_source_.str() != v) last_source_ = SharedString(std::string(v));
+    return last_source_;
+  }
   std::string error_;
   int depth_ = 0;            // open containers of the Document
   bool root_key_tensors_ = false;
@@ -336,29 +342,36 @@ std::string_view layout_name(ScaleLayout l) {
   return "?";
 }
 
+const std::string& SharedString::empty_string() {
+  static const std::string none;
+  return none;
+}
+
 long Manifest::find(const std::string& name) const {
   for (size_t i = 0; i < tensors.size(); ++i)
     if (tensors[i].name == name) return static_cast<long>(i);
   return -1;
 }
 
-NameIndex::NameIndex(const Manifest& m) : m_(m) {
-  index_.reserve(m.tensors.size());
-  for (size_t i = 0; i < m.tensors.size(); ++i) index_.emplace(m.tensors[i].name, i);
+NameIndex::NameIndex(const std::vector<TensorInfo>& tensors) : tensors_(tensors), by_name_(tensors.size()) {
+  for (size_t i = 0; i < tensors.size(); ++i) by_name_[i] = static_cast<uint32_t>(i);
+  std::stable_sort(by_name_.begin(), by_name_.end(),
+                   [&](uint32_t a, uint32_t b) { return tensors_[a].name < tensors_[b].name; });
 }
 
-long NameIndex::find(const std::string& name) const {
-  auto it = index_.find(name);
-  return it == index_.end() ? -1 : static_cast<long>(it->second);
+long NameIndex::find(std::string_view name) const {
+  auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
+                             [&](uint32_t a, std::string_view n) { return std::string_view(tensors_[a].name) < n; });
+  return it != by_name_.end() && tensors_[*it].name == name ? static_cast<long>(*it) : -1;
 }
 
 size_t NameIndex::position(const std::string& name) const {
-  auto it = index_.find(name);
-  if (it == index_.end()) throw Error("internal: no tensor " + name + " in the manifest");
-  return it->second;
+  const long i = find(name);
+  if (i < 0) throw Error("internal: no tensor " + name + " in the manifest");
+  return static_cast<size_t>(i);
 }
 
-const TensorInfo& NameIndex::at(const std::string& name) const { return m_.tensors[position(name)]; }
+const TensorInfo& NameIndex::at(const std::string& name) const { return tensors_[position(name)]; }
 
 uint64_t Manifest::total_bytes() const {
   uint64_t n = 0;
@@ -404,7 +417,7 @@ void write_manifest(W& w, const Manifest& m, const ManifestChanges* changes) {
     w.Uint64(t.nbytes);
     if (!t.source.empty()) {
       key(w, "source");
-      put(w, t.source);
+      put(w, t.source.str());
     }
     w.EndObject();
   }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -16,12 +17,35 @@
 
 namespace st::stream {
 
+// Text that many tensors hold the same of (the file they came from): one
+// copy, shared, so a million-tensor table does not hold a million paths.
+class SharedString {
+ public:
+  SharedString() = default;
+  SharedString(std::string s)  // NOLINT: converts like a string
+      : p_(s.empty() ? nullptr : std::make_shared<const std::string>(std::move(s))) {}
+  SharedString(const char* s) : SharedString(std::string(s)) {}  // NOLINT
+
+  const std::string& str() const { return p_ ? *p_ : empty_string(); }
+  operator const std::string&() const { return str(); }  // NOLINT
+  bool empty() const { return !p_; }
+  const char* c_str() const { return str().c_str(); }
+
+  friend bool operator==(const SharedString& a, const SharedString& b) { return a.p_ == b.p_ || a.str() == b.str(); }
+  friend bool operator==(const SharedString& a, const std::string& b) { return a.str() == b; }
+  friend bool operator==(const SharedString& a, const char* b) { return a.str() == b; }
+
+ private:
+  static const std::string& empty_string();
+  std::shared_ptr<const std::string> p_;
+};
+
 struct TensorInfo {
   std::string name;
   Dtype dtype = Dtype::U8;
   std::vector<uint64_t> shape;
   uint64_t nbytes = 0;
-  std::string source;  // file it came from ("" when unknown)
+  SharedString source;  // file it came from ("" when unknown)
 };
 
 enum class ScaleLayout { PerTensor, PerRow, Block };
@@ -92,16 +116,20 @@ struct Manifest {
 
 // Tensor name -> manifest index, built once for code that looks up every
 // pair of a model (tens of thousands of tensors for DeepSeek-V3).
+// A name that occurs twice finds the first. Positions sorted by name, 4
+// bytes a tensor: a hash map cost some 50 bytes a tensor, which counts at a
+// million tensors.
 class NameIndex {
  public:
-  explicit NameIndex(const Manifest& m);
-  long find(const std::string& name) const;  // -1 when absent
+  explicit NameIndex(const Manifest& m) : NameIndex(m.tensors) {}
+  explicit NameIndex(const std::vector<TensorInfo>& tensors);
+  long find(std::string_view name) const;  // -1 when absent
   const TensorInfo& at(const std::string& name) const;  // throws st::Error when absent
   size_t position(const std::string& name) const;       // the same, its index
 
  private:
-  const Manifest& m_;
-  std::unordered_map<std::string_view, size_t> index_;
+  const std::vector<TensorInfo>& tensors_;
+  std::vector<uint32_t> by_name_;
 };
 
 // What a stage changes in the manifest it passes on, so that it need not

@@ -115,7 +115,7 @@ void refuse_source_as_output(const stream::Manifest& m, const std::string& outpu
     last = t.source;
     struct stat src;
     if (::stat(t.source.c_str(), &src) == 0 && src.st_dev == out.st_dev && src.st_ino == out.st_ino)
-      fail(output + ": is the input file " + t.source + "; write to another file");
+      fail(output + ": is the input file " + t.source.str() + "; write to another file");
   }
 }
 

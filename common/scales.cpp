@@ -314,9 +314,8 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   mt.block_cols = block.cols;
   if (!opt.convention.empty()) check_convention(opt.convention);
 
-  std::unordered_map<std::string, size_t> by_name;
-  for (size_t i = 0; i < tensors.size(); ++i) by_name.emplace(tensors[i].name, i);
-  auto has = [&](const std::string& n) { return by_name.count(n) > 0; };
+  const stream::NameIndex by_name(tensors);
+  auto has = [&](const std::string& n) { return by_name.find(n) >= 0; };
   const auto comfy = comfy_layer_formats(m, markers, mt.problems);
   bool comfy_mxfp8 = false;  // __metadata__.quant_format == "mxfp8" (ComfyUI, as sglang reads it)
   if (m.metadata)
@@ -345,7 +344,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       const std::string p = w.substr(0, w.size() - std::string_view(row.weight_suffix).size());
       if (!has(p + row.scale_suffix)) continue;
       if (row.exponents_only) {
-        const Dtype sd = tensors[by_name.at(p + row.scale_suffix)].dtype;
+        const Dtype sd = by_name.at(p + row.scale_suffix).dtype;
         if (sd != Dtype::F8_E8M0 && sd != Dtype::U8) continue;
       }
       Candidate c{&row, p + row.scale_suffix, "", p + row.output_suffix};
@@ -402,7 +401,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     }
     if (cands.size() == 1) {
       const Candidate& c = cands[0];
-      const TensorInfo& s = tensors[by_name.at(c.scale)];
+      const TensorInfo& s = by_name.at(c.scale);
       used.insert(s.name);
       std::string why;
       std::optional<ScalePairing> got = infer_layout(w.shape, s.shape, block, &why, sizes.group);
@@ -421,7 +420,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
               " (scales must be F32, BF16, F16, F8_E8M0, or U8 exponents of 1x32 groups)";
       }
       if (got && !c.second.empty()) {
-        const TensorInfo& s2 = tensors[by_name.at(c.second)];
+        const TensorInfo& s2 = by_name.at(c.second);
         used.insert(s2.name);
         if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype)) {
           got.reset();
@@ -528,7 +527,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
                   (wp->scale.empty() ? " was cast with scale 1" : " uses " + wp->scale) + "; passed through");
     else if (!weight.empty())
       problem(kNonFp8Weight, t.name,
-              "its weight " + weight + " is " + std::string(dtype_name(tensors[by_name.at(weight)].dtype)) +
+              "its weight " + weight + " is " + std::string(dtype_name(by_name.at(weight).dtype)) +
                   ", not FP8: both pass through unchanged");
     else
       problem(kOrphanScale, t.name, "looks like a weight scale but no FP8 weight uses it; passed through");

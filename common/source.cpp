@@ -26,7 +26,8 @@ bool matches_any(const std::vector<std::string>& globs, const std::string& name)
 
 std::vector<stream::TensorInfo> infos_of(const safetensors::Header& h, const std::string& path) {
   std::vector<stream::TensorInfo> all;
-  for (const auto& t : h.tensors) all.push_back({t.name, t.dtype, t.shape, t.nbytes(), path});
+  const stream::SharedString source(path);
+  for (const auto& t : h.tensors) all.push_back({t.name, t.dtype, t.shape, t.nbytes(), source});
   return all;
 }
 
@@ -84,11 +85,11 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
     Shard shard;
     shard.file = std::make_unique<io::InputFile>(input_.files[s]);
     shard.header = safetensors::read_header(*shard.file);
-    const std::string source = paths::absolute(input_.files[s]);
+    const stream::SharedString source(paths::absolute(input_.files[s]));
     all.reserve(all.size() + shard.header.tensors.size());
     all_refs.reserve(all.size() + shard.header.tensors.size());
     for (uint32_t e = 0; e < shard.header.tensors.size(); ++e) {
-      const auto& t = shard.header.tensors[e];
+      auto& t = shard.header.tensors[e];
       if (input_.files.size() == 1) {
         // read_header() has refused duplicate names within a file.
       } else if (auto [it, fresh] = holder.emplace(t.name, s); !fresh) {
