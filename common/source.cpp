@@ -99,9 +99,11 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
         index_problems_.push_back({scales::kIndexMismatch, "", msg});
         continue;  // the report goes on with the first one
       }
-      all.push_back({t.name, t.dtype, t.shape, t.nbytes(), source});
-      all_refs.push_back({s, e});
       if (!input_.index.empty()) names[s].push_back(t.name);
+      // Name and shape move to the manifest's table (one copy of a million
+      // names, not two); the header keeps where the bytes are.
+      all.push_back({std::move(t.name), t.dtype, std::move(t.shape), t.nbytes(), source});
+      all_refs.push_back({s, e});
     }
     shards_.push_back(std::move(shard));
   }
@@ -114,8 +116,18 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
   if (kept.empty() && !all.empty())
     fail(input_.files.size() == 1 ? input_.files[0] + ": no tensor matches the --include/--exclude patterns"
                                  : "no tensor of the model matches the --include/--exclude patterns");
-  // Moved, not copied, and put in stream order in place: a header may list
-  // a million tensors.
+  // A tensor left out gets its name and shape back (read_tensor finds it
+  // by name in the header). The others are moved, not copied, and put in
+  // stream order in place: a header may list a million tensors.
+  for (size_t i = 0, k = 0; i < all.size(); ++i) {
+    if (k < kept.size() && kept[k] == i) {
+      ++k;
+      continue;
+    }
+    auto& entry = shards_[all_refs[i].shard].header.tensors[all_refs[i].entry];
+    entry.name = std::move(all[i].name);
+    entry.shape = std::move(all[i].shape);
+  }
   for (size_t j = 0; j < kept.size(); ++j)
     if (kept[j] != j) {
       all[j] = std::move(all[kept[j]]);
