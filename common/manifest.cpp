@@ -6,6 +6,7 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <deque>
 #include <cstring>
 
 #include "error.hpp"
@@ -127,7 +128,7 @@ struct TensorFields {
 // (which costs several times the JSON text).
 class ManifestHandler {
  public:
-  ManifestHandler(rapidjson::Document& doc, std::vector<TensorInfo>& out) : doc_(doc), out_(out) {}
+  ManifestHandler(rapidjson::Document& doc, std::deque<TensorInfo>& out) : doc_(doc), out_(out) {}
   const std::string& error() const { return error_; }
 
   bool Null() { return in_tensors() ? wrong_value() : doc_.Null(); }
@@ -313,7 +314,7 @@ class ManifestHandler {
   bool fail_utf8() { return fail("a string escape is not valid UTF-8 (lone surrogate)"); }
 
   rapidjson::Document& doc_;
-  std::vector<TensorInfo>& out_;
+  std::deque<TensorInfo>& out_;
   SharedString last_source_;  // tensors of one file share its path
 
   SharedString shared_source(std::string_view v) {
@@ -567,10 +568,13 @@ Manifest decode_manifest(std::string_view json) {
 Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
   Manifest m;
   // No room is reserved from the frame's length: memory follows the
-  // entries that arrive, not what a frame claims.
+  // entries that arrive, not what a frame claims. They arrive in a deque
+  // (a vector doubling its million entries held up to three times their
+  // size while it moved them) and move once into place below.
+  std::deque<TensorInfo> arrived;
   rapidjson::Document doc;
   rapidjson::Reader reader;
-  ManifestHandler handler(doc, m.tensors);
+  ManifestHandler handler(doc, arrived);
   PieceInput in(more);
   auto generate = [&](rapidjson::Document&) {
     return !reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(in, handler).IsError();
@@ -586,6 +590,8 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
   if (!doc.IsObject()) bad("not a JSON object");
   if (get_string(member(doc, "format", "manifest"), "format") != "st-stream") bad("format is not 'st-stream'");
 
+  m.tensors.reserve(arrived.size());
+  for (; !arrived.empty(); arrived.pop_front()) m.tensors.push_back(std::move(arrived.front()));
   m.producer = get_string(member(doc, "producer", "manifest"), "producer");
   const Value& md = member(doc, "metadata", "manifest");
   if (md.IsObject()) {
@@ -642,6 +648,7 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
       if (!a.IsArray()) bad(std::string("matching ") + name + " is not an array");
       return a;
     };
+    mt.pairs.reserve(array_of("pairs").Size());  // entries that arrived, not a claimed count
     for (const Value& p : array_of("pairs").GetArray()) {
       if (!p.IsObject()) bad("a matching pair is not an object");
       ScalePairing sp;
