@@ -41,8 +41,14 @@ class AtomicOutput {
   void with_bytes(uint64_t offset, size_t n, std::vector<uint8_t>& buf, F f) const {
     constexpr size_t kCopyAtMost = 1u << 20;
     if (const uint8_t* p = n > kCopyAtMost ? map_window(offset, n) : nullptr) {
+      struct Unmap {  // also when f throws (a failed check)
+        const AtomicOutput& out;
+        const uint8_t* p;
+        uint64_t offset;
+        size_t n;
+        ~Unmap() { out.unmap_window(p, offset, n); }
+      } unmap{*this, p, offset, n};
       f(p);
-      unmap_window(p, offset, n);
     } else {
       buf.resize(n);
       pread_all(offset, buf.data(), n);

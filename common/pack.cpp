@@ -478,13 +478,15 @@ Result run(stream::Reader& in, const Options& opt) {
   // written, while it is still in the page cache and often in the CPU's
   // cache, and compared with the stream's checksum; a pass over the whole
   // output at the end was measured as most of st-pack's time
-  // (docs/performance.md). Checking early is checking the end result:
+  // (docs/performance.md). Checking early checks what the file will hold:
   // writes never overlap (the layout gives each tensor its own range after
-  // the header, and the reader makes each tensor's frames contiguous).
+  // the header, and the reader makes each tensor's frames contiguous). What
+  // it checks is the page cache; the end pass read from the disk only what
+  // the cache had already dropped, so neither ever checked the disk.
   std::vector<uint8_t> back;
-  auto check_back = [&](const io::AtomicOutput& f, uint64_t pos, uint64_t n, uint64_t hash) {
+  auto check_back = [&](const io::AtomicOutput& f, uint64_t pos, uint64_t n, uint64_t want) {
     f.with_bytes(pos, n, back, [&](const uint8_t* q) {
-      if (hash::xxh3(q, n) != hash)
+      if (hash::xxh3(q, n) != want)
         fail(f.target() + ": verification failed: bytes read back at offsets " + std::to_string(pos) + "-" +
              std::to_string(pos + n) + " do not match the stream's checksums (corrupt stream or a write error)");
     });

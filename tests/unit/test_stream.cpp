@@ -1294,3 +1294,43 @@ TEST_CASE("data checksum: the AVX2 path gives the library's XXH3") {
     }
   }
 }
+
+TEST_CASE("NameIndex: the first of a repeated name, -1 for an absent one") {
+  std::vector<stream::TensorInfo> t(5);
+  const char* names[] = {"b", "a", "c", "a", "a.b"};
+  for (size_t i = 0; i < 5; ++i) {
+    t[i].name = names[i];
+    t[i].nbytes = i;  // tells the two "a" apart
+  }
+  const stream::NameIndex index(t);
+  CHECK(index.find("b") == 0);
+  CHECK(index.find("a") == 1);
+  CHECK(index.at("a").nbytes == 1);
+  CHECK(index.find("c") == 2);
+  CHECK(index.find("a.b") == 4);
+  CHECK(index.find("") == -1);
+  CHECK(index.find("aa") == -1);
+  CHECK(index.find("d") == -1);
+  CHECK_THROWS_AS(index.position("d"), st::Error);
+  CHECK(stream::NameIndex(std::vector<stream::TensorInfo>{}).find("a") == -1);
+}
+
+TEST_CASE("SharedString: reads and compares as the text it holds") {
+  const stream::SharedString none;
+  CHECK(none.empty());
+  CHECK(none.str().empty());
+  CHECK(none == "");
+  CHECK(stream::SharedString(std::string()).empty());
+  const stream::SharedString a(std::string("/m/x.safetensors"));
+  const stream::SharedString copy = a;
+  const stream::SharedString same_text("/m/x.safetensors");
+  CHECK_FALSE(a.empty());
+  CHECK(copy == a);
+  CHECK(same_text == a);  // equal text, separate copies
+  CHECK(a == std::string("/m/x.safetensors"));
+  CHECK(std::string("/m/x.safetensors") == a);
+  CHECK_FALSE(a == "/m/y.safetensors");
+  CHECK(std::string(a.c_str()) == "/m/x.safetensors");
+  const std::string& s = a;
+  CHECK(s.size() == 16);
+}
