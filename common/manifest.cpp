@@ -6,8 +6,8 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
-#include <deque>
 #include <cstring>
+#include <deque>
 
 #include "error.hpp"
 #include "json_util.hpp"
