@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <fstream>
 #include <sstream>
+#include <string_view>
 #include <unordered_map>
 
 #include "error.hpp"
@@ -137,24 +138,31 @@ std::vector<std::string> missing_shards(const ModelInput& in) {
 std::vector<std::string> index_problems(const ModelInput& in, const std::vector<std::vector<std::string>>& names) {
   std::vector<std::string> out;
   if (in.index.empty()) return out;
-  std::unordered_map<std::string, std::string> where;  // tensor -> file that holds it
+  // Sorted views, not maps of copied strings: an index may list a million
+  // tensors. where: tensor -> the file that holds it (the first, as before).
+  std::vector<std::pair<std::string_view, uint32_t>> where;
   for (size_t i = 0; i < in.files.size() && i < names.size(); ++i)
-    for (const auto& n : names[i]) where.emplace(n, in.files[i]);
-  std::unordered_map<std::string, std::string> listed(in.weight_map.begin(), in.weight_map.end());
+    for (const auto& n : names[i]) where.emplace_back(n, static_cast<uint32_t>(i));
+  std::stable_sort(where.begin(), where.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<std::string_view> listed;
+  listed.reserve(in.weight_map.size());
+  for (const auto& [tensor, file] : in.weight_map) listed.push_back(tensor);
+  std::sort(listed.begin(), listed.end());
   for (const auto& [tensor, file] : in.weight_map) {
     struct stat sb;
     if (::stat(file.c_str(), &sb) != 0) continue;  // a missing shard is reported once, by missing_shards
-    auto it = where.find(tensor);
-    if (it == where.end())
+    const std::string_view t(tensor);
+    auto it = std::lower_bound(where.begin(), where.end(), t, [](const auto& e, std::string_view n) { return e.first < n; });
+    if (it == where.end() || it->first != t)
       out.push_back(in.index + ": names tensor " + json::quote(tensor) + " in " + paths::base_name(file) +
                     ", which does not hold it");
-    else if (it->second != file)
+    else if (in.files[it->second] != file)
       out.push_back(in.index + ": names tensor " + json::quote(tensor) + " in " + paths::base_name(file) + ", but it is in " +
-                    paths::base_name(it->second));
+                    paths::base_name(in.files[it->second]));
   }
   for (size_t i = 0; i < in.files.size() && i < names.size(); ++i)
     for (const auto& n : names[i])
-      if (!listed.count(n))
+      if (!std::binary_search(listed.begin(), listed.end(), std::string_view(n)))
         out.push_back(in.files[i] + ": tensor " + json::quote(n) + " is not in the index " + paths::base_name(in.index));
   return out;
 }

@@ -61,26 +61,27 @@ std::vector<size_t> selected_in(const safetensors::Header& h, const std::set<std
 SafetensorsSource::SafetensorsSource(const std::string& path, const ListOptions& opt)
     : SafetensorsSource(model_input::resolve({path}), opt) {}
 
-SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const ListOptions& opt)
-    : input_(input), opt_(opt) {
-  if (!opt.expect_sha256.empty() && input.files.size() != 1)
-    usage_error("--expect-sha256 checks one file; this model has " + std::to_string(input.files.size()));
-  const auto missing = model_input::missing_shards(input);
+// `input` by value: an index's weight_map may list a million tensors, and
+// callers that are done with it move it in.
+SafetensorsSource::SafetensorsSource(model_input::ModelInput input, const ListOptions& opt)
+    : input_(std::move(input)), opt_(opt) {
+  if (!opt.expect_sha256.empty() && input_.files.size() != 1)
+    usage_error("--expect-sha256 checks one file; this model has " + std::to_string(input_.files.size()));
+  const auto missing = model_input::missing_shards(input_);
   if (!missing.empty() && !opt.lenient_index)
     fail(missing.front() + (missing.size() > 1 ? " (and " + std::to_string(missing.size() - 1) + " more)" : ""));
   for (const auto& msg : missing) index_problems_.push_back({scales::kIndexMismatch, "", msg});
   if (!missing.empty()) {  // lenient: read the shards that are there
+    std::vector<std::string> named = std::move(input_.files);
     input_.files.clear();
-    for (const auto& f : input.files) {
-      if (paths::is_regular_file(f)) input_.files.push_back(f);  // as missing_shards
+    for (auto& f : named) {
+      if (paths::is_regular_file(f)) input_.files.push_back(std::move(f));  // as missing_shards
     }
-    if (input_.files.empty()) fail(input.index + ": none of the shards it names exists");
+    if (input_.files.empty()) fail(input_.index + ": none of the shards it names exists");
   }
   // Every header first: a bad shard or index fails before any output.
   std::vector<stream::TensorInfo> all;
   std::vector<Ref> all_refs;
-  std::vector<std::vector<std::string>> names(input_.files.size());
-  std::unordered_map<std::string, uint32_t> holder;  // tensor -> shard
   for (uint32_t s = 0; s < input_.files.size(); ++s) {
     Shard shard;
     shard.file = std::make_unique<io::InputFile>(input_.files[s]);
@@ -90,16 +91,6 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
     all_refs.reserve(all.size() + shard.header.tensors.size());
     for (uint32_t e = 0; e < shard.header.tensors.size(); ++e) {
       auto& t = shard.header.tensors[e];
-      if (input_.files.size() == 1) {
-        // read_header() has refused duplicate names within a file.
-      } else if (auto [it, fresh] = holder.emplace(t.name, s); !fresh) {
-        const std::string msg = input_.files[s] + ": tensor " + json::quote(t.name) + " is also in " +
-                                input_.files[it->second] + "; a model holds each tensor once";
-        if (!opt.lenient_index) fail(msg);
-        index_problems_.push_back({scales::kIndexMismatch, "", msg});
-        continue;  // the report goes on with the first one
-      }
-      if (!input_.index.empty()) names[s].push_back(t.name);
       // Name and shape move to the manifest's table (one copy of a million
       // names, not two); the header keeps where the bytes are.
       all.push_back({std::move(t.name), t.dtype, std::move(t.shape), t.nbytes(), source});
@@ -107,7 +98,13 @@ SafetensorsSource::SafetensorsSource(const model_input::ModelInput& input, const
     }
     shards_.push_back(std::move(shard));
   }
+  if (input_.files.size() > 1) drop_repeated_tensors(all, all_refs);  // read_header() refuses them within a file
+  std::vector<std::vector<std::string>> names(input_.files.size());
+  if (!input_.index.empty())
+    for (size_t i = 0; i < all.size(); ++i) names[all_refs[i].shard].push_back(all[i].name);
   const auto problems = model_input::index_problems(input_, names);
+  names = {};  // needed for the index check only: a million names
+  input_.weight_map = {};
   if (!problems.empty() && !opt.lenient_index)
     fail(problems.front() + (problems.size() > 1 ? " (and " + std::to_string(problems.size() - 1) + " more problems)" : ""));
   for (const auto& msg : problems) index_problems_.push_back({scales::kIndexMismatch, "", msg});
@@ -242,6 +239,46 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
   }
   w.finish();
   return digests;
+}
+
+// A tensor in two shards: refused, or with --lenient-index (st-scales)
+// reported and left out, the first one kept. Found by sorting positions (4
+// bytes a tensor), not with a map of every name; reported in file order.
+void SafetensorsSource::drop_repeated_tensors(std::vector<stream::TensorInfo>& all, std::vector<Ref>& refs) {
+  std::vector<uint32_t> by_name(all.size());
+  for (size_t i = 0; i < all.size(); ++i) by_name[i] = static_cast<uint32_t>(i);
+  std::stable_sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) { return all[a].name < all[b].name; });
+  std::vector<std::pair<uint32_t, uint32_t>> repeats;  // (a later copy, the first)
+  for (size_t k = 1, first = 0; k < by_name.size(); ++k) {
+    if (all[by_name[k]].name != all[by_name[first]].name) first = k;
+    else repeats.emplace_back(by_name[k], by_name[first]);
+  }
+  if (repeats.empty()) return;
+  std::sort(repeats.begin(), repeats.end());
+  for (const auto& [later, first] : repeats) {
+    const std::string msg = input_.files[refs[later].shard] + ": tensor " + json::quote(all[later].name) + " is also in " +
+                            input_.files[refs[first].shard] + "; a model holds each tensor once";
+    if (!opt_.lenient_index) fail(msg);
+    index_problems_.push_back({scales::kIndexMismatch, "", msg});
+  }
+  // Left out; the header entry gets its name and shape back, as for --exclude.
+  size_t out = 0;
+  for (size_t i = 0, r = 0; i < all.size(); ++i) {
+    if (r < repeats.size() && repeats[r].first == i) {
+      ++r;
+      auto& entry = shards_[refs[i].shard].header.tensors[refs[i].entry];
+      entry.name = std::move(all[i].name);
+      entry.shape = std::move(all[i].shape);
+      continue;
+    }
+    if (out != i) {
+      all[out] = std::move(all[i]);
+      refs[out] = refs[i];
+    }
+    ++out;
+  }
+  all.resize(out);
+  refs.resize(out);
 }
 
 SafetensorsSource::~SafetensorsSource() = default;

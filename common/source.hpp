@@ -33,7 +33,7 @@ class SafetensorsSource {
   // Validates every header (and an index against its shards); selects
   // tensors (a scale, activation scale or marker follows the selection of
   // the weight it belongs to). Nothing is written yet.
-  SafetensorsSource(const model_input::ModelInput& input, const ListOptions& opt = {});
+  SafetensorsSource(model_input::ModelInput input, const ListOptions& opt = {});
   explicit SafetensorsSource(const std::string& path, const ListOptions& opt = {});
   ~SafetensorsSource();
   SafetensorsSource(const SafetensorsSource&) = delete;  // index_ refers to manifest_
@@ -69,6 +69,8 @@ class SafetensorsSource {
     uint32_t shard;
     uint32_t entry;  // index in that shard's header
   };
+  void drop_repeated_tensors(std::vector<stream::TensorInfo>& all, std::vector<Ref>& refs);
+
   model_input::ModelInput input_;
   ListOptions opt_;
   std::vector<Shard> shards_;

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <iostream>
+#include <utility>
 
 #include "cli.hpp"
 #include "error.hpp"
@@ -38,7 +39,7 @@ int main(int argc, char** argv) {
     if (r.count("expect-sha256")) opt.expect_sha256 = st::sha256::parse_hex_digest(r["expect-sha256"].as<std::string>());
     if ((r.count("table") || r.count("json")) && (opt.sha256 || !opt.expect_sha256.empty()))
       st::usage_error("--sha256 and --expect-sha256 hash the file while streaming it; they do not go with --table or --json");
-    const st::model_input::ModelInput input = st::model_input::resolve(args);
+    st::model_input::ModelInput input = st::model_input::resolve(args);
     if (r.count("table") || r.count("json")) {
       st::source::print_files(std::cout, input, opt, r.count("json") ? st::source::Listing::Json : st::source::Listing::Table);
       return 0;
@@ -46,7 +47,7 @@ int main(int argc, char** argv) {
     st::cli::refuse_binary_to_tty(r.count("force") > 0);
     st::io::FdSink out(STDOUT_FILENO, "stdout");
     st::stream::Writer writer(out);  // on failure it tells the next stage to stop quietly
-    const st::source::SafetensorsSource src(input, opt);  // every header validated before any output
+    const st::source::SafetensorsSource src(std::move(input), opt);  // every header validated before any output
     const auto digests = src.write_stream(writer);
     if (opt.sha256)
       for (size_t i = 0; i < digests.size(); ++i)
