@@ -348,17 +348,9 @@ const std::string& SharedString::empty_string() {
   return none;
 }
 
-long Manifest::find(const std::string& name) const {
-  for (size_t i = 0; i < tensors.size(); ++i)
-    if (tensors[i].name == name) return static_cast<long>(i);
-  return -1;
-}
-
-NameIndex::NameIndex(const std::vector<TensorInfo>& tensors) : tensors_(tensors), by_name_(tensors.size()) {
-  for (size_t i = 0; i < tensors.size(); ++i) by_name_[i] = static_cast<uint32_t>(i);
-  std::stable_sort(by_name_.begin(), by_name_.end(),
-                   [&](uint32_t a, uint32_t b) { return tensors_[a].name < tensors_[b].name; });
-}
+NameIndex::NameIndex(const std::vector<TensorInfo>& tensors)
+    : tensors_(tensors),
+      by_name_(safetensors::positions_by_name(tensors.size(), [&](size_t i) -> const std::string& { return tensors[i].name; })) {}
 
 long NameIndex::find(std::string_view name) const {
   auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,

@@ -9,7 +9,6 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 #include "dtype.hpp"
@@ -108,9 +107,6 @@ struct Manifest {
   // The dtype st-dequant converted FP8 weights to (config.json's torch_dtype).
   std::optional<Dtype> converted_to;
 
-  // Index of a tensor by name, or -1. A linear search: for many lookups
-  // build a NameIndex once.
-  long find(const std::string& name) const;
   uint64_t total_bytes() const;
 };
 

@@ -56,15 +56,23 @@ std::vector<uint8_t> serialize_header(const std::optional<Metadata>& metadata,
 // The reference writer's data order: descending dtype enum, then name bytes.
 void sort_reference_order(std::vector<TensorEntry>& tensors);
 
-// A name that `n` tensors (name_of(i) for i < n) share, or nullptr: the
-// manifest and the header both refuse repeated names. Sorting positions
-// costs 4 bytes a tensor where a set of names would copy every name of a
-// header that may list a million.
+// Positions 0..n-1 ordered by name_of(i), equal names in position order.
+// How names are indexed and repeats found everywhere: 4 bytes a tensor,
+// where a set or map of names would copy every name of a header that may
+// list a million.
 template <class NameOf>
-const std::string* repeated_name(size_t n, NameOf name_of) {
+std::vector<uint32_t> positions_by_name(size_t n, NameOf name_of) {
   std::vector<uint32_t> by_name(n);
   for (uint32_t i = 0; i < by_name.size(); ++i) by_name[i] = i;
-  std::sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) { return name_of(a) < name_of(b); });
+  std::stable_sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) { return name_of(a) < name_of(b); });
+  return by_name;
+}
+
+// A name that `n` tensors (name_of(i) for i < n) share, or nullptr: the
+// manifest and the header both refuse repeated names.
+template <class NameOf>
+const std::string* repeated_name(size_t n, NameOf name_of) {
+  const std::vector<uint32_t> by_name = positions_by_name(n, name_of);
   for (size_t i = 1; i < by_name.size(); ++i)
     if (name_of(by_name[i]) == name_of(by_name[i - 1])) return &name_of(by_name[i]);
   return nullptr;

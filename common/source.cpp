@@ -6,7 +6,6 @@
 #include <functional>
 #include <map>
 #include <set>
-#include <unordered_map>
 
 #include "error.hpp"
 #include "json_util.hpp"
@@ -113,25 +112,7 @@ SafetensorsSource::SafetensorsSource(model_input::ModelInput input, const ListOp
   if (kept.empty() && !all.empty())
     fail(input_.files.size() == 1 ? input_.files[0] + ": no tensor matches the --include/--exclude patterns"
                                  : "no tensor of the model matches the --include/--exclude patterns");
-  // A tensor left out gets its name and shape back (read_tensor finds it
-  // by name in the header). The others are moved, not copied, and put in
-  // stream order in place: a header may list a million tensors.
-  for (size_t i = 0, k = 0; i < all.size(); ++i) {
-    if (k < kept.size() && kept[k] == i) {
-      ++k;
-      continue;
-    }
-    auto& entry = shards_[all_refs[i].shard].header.tensors[all_refs[i].entry];
-    entry.name = std::move(all[i].name);
-    entry.shape = std::move(all[i].shape);
-  }
-  for (size_t j = 0; j < kept.size(); ++j)
-    if (kept[j] != j) {
-      all[j] = std::move(all[kept[j]]);
-      all_refs[j] = all_refs[kept[j]];
-    }
-  all.resize(kept.size());
-  all_refs.resize(kept.size());
+  keep_only(all, all_refs, kept);
   const std::vector<size_t> order = scales::scales_first_order(all);
   std::vector<bool> placed(order.size());
   for (size_t i = 0; i < order.size(); ++i) {  // position j takes all[order[j]], cycle by cycle
@@ -245,9 +226,8 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
 // reported and left out, the first one kept. Found by sorting positions (4
 // bytes a tensor), not with a map of every name; reported in file order.
 void SafetensorsSource::drop_repeated_tensors(std::vector<stream::TensorInfo>& all, std::vector<Ref>& refs) {
-  std::vector<uint32_t> by_name(all.size());
-  for (size_t i = 0; i < all.size(); ++i) by_name[i] = static_cast<uint32_t>(i);
-  std::stable_sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) { return all[a].name < all[b].name; });
+  const std::vector<uint32_t> by_name =
+      safetensors::positions_by_name(all.size(), [&](size_t i) -> const std::string& { return all[i].name; });
   std::vector<std::pair<uint32_t, uint32_t>> repeats;  // (a later copy, the first)
   for (size_t k = 1, first = 0; k < by_name.size(); ++k) {
     if (all[by_name[k]].name != all[by_name[first]].name) first = k;
@@ -261,24 +241,36 @@ void SafetensorsSource::drop_repeated_tensors(std::vector<stream::TensorInfo>& a
     if (!opt_.lenient_index) fail(msg);
     index_problems_.push_back({scales::kIndexMismatch, "", msg});
   }
-  // Left out; the header entry gets its name and shape back, as for --exclude.
-  size_t out = 0;
+  std::vector<size_t> kept;  // the others, as --include/--exclude would leave them
+  kept.reserve(all.size() - repeats.size());
   for (size_t i = 0, r = 0; i < all.size(); ++i) {
-    if (r < repeats.size() && repeats[r].first == i) {
-      ++r;
-      auto& entry = shards_[refs[i].shard].header.tensors[refs[i].entry];
-      entry.name = std::move(all[i].name);
-      entry.shape = std::move(all[i].shape);
+    if (r < repeats.size() && repeats[r].first == i) ++r;
+    else kept.push_back(i);
+  }
+  keep_only(all, refs, kept);
+}
+
+// Keeps all[kept[j]] (kept ascending) at position j, moved, not copied: a
+// header may list a million tensors. A tensor left out gets its name and
+// shape back in its header entry (read_tensor finds it there by name).
+void SafetensorsSource::keep_only(std::vector<stream::TensorInfo>& all, std::vector<Ref>& refs,
+                                  const std::vector<size_t>& kept) {
+  for (size_t i = 0, k = 0; i < all.size(); ++i) {
+    if (k < kept.size() && kept[k] == i) {
+      ++k;
       continue;
     }
-    if (out != i) {
-      all[out] = std::move(all[i]);
-      refs[out] = refs[i];
-    }
-    ++out;
+    auto& entry = shards_[refs[i].shard].header.tensors[refs[i].entry];
+    entry.name = std::move(all[i].name);
+    entry.shape = std::move(all[i].shape);
   }
-  all.resize(out);
-  refs.resize(out);
+  for (size_t j = 0; j < kept.size(); ++j)
+    if (kept[j] != j) {
+      all[j] = std::move(all[kept[j]]);
+      refs[j] = refs[kept[j]];
+    }
+  all.resize(kept.size());
+  refs.resize(kept.size());
 }
 
 SafetensorsSource::~SafetensorsSource() = default;

@@ -70,6 +70,7 @@ class SafetensorsSource {
     uint32_t entry;  // index in that shard's header
   };
   void drop_repeated_tensors(std::vector<stream::TensorInfo>& all, std::vector<Ref>& refs);
+  void keep_only(std::vector<stream::TensorInfo>& all, std::vector<Ref>& refs, const std::vector<size_t>& kept);
 
   model_input::ModelInput input_;
   ListOptions opt_;
