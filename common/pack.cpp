@@ -27,68 +27,99 @@
 namespace st::pack {
 
 using stream::Event;
+using stream::TensorInfo;
 
 namespace {
 
-// Output layout: data offsets per manifest index, and the header bytes.
+// Output layout of a file holding the manifest tensors `part` (indices),
+// by position in `part`. The header is not held: header_pieces() makes it
+// again when it is written (a million tensors make ~100 MB of JSON).
 struct Layout {
   std::vector<uint64_t> offset;  // relative to the data section
-  std::vector<uint8_t> header;
+  std::vector<uint32_t> order;   // positions in the file's order
+  uint64_t header_bytes = 0;     // length prefix, JSON and padding
   uint64_t data_bytes = 0;
 };
 
-// The output name of a tensor under --strip-prefix/--add-prefix.
-std::string renamed(const std::string& name, const Options& opt) {
-  std::string n = name;
-  if (!opt.strip_prefix.empty() && n.rfind(opt.strip_prefix, 0) == 0) n.erase(0, opt.strip_prefix.size());
-  return opt.add_prefix + n;
+// A tensor's output name under --strip-prefix/--add-prefix is add_prefix +
+// this view; every name gets the same add_prefix, so views order and
+// compare as the output names do.
+std::string_view stripped(std::string_view name, const Options& opt) {
+  if (!opt.strip_prefix.empty() && name.starts_with(opt.strip_prefix)) name.remove_prefix(opt.strip_prefix.size());
+  return name;
 }
 
-Layout plan(const stream::Manifest& m, bool reference_order, const Options& opt) {
-  std::vector<safetensors::TensorEntry> entries;
-  entries.reserve(m.tensors.size());
-  for (const auto& t : m.tensors) {
-    std::string name = renamed(t.name, opt);
-    if (name == "__metadata__") fail("renaming gives '" + t.name + "' the name '__metadata__', which safetensors reserves");
-    entries.push_back({std::move(name), t.dtype, t.shape, 0, t.nbytes});
+std::string renamed(const std::string& name, const Options& opt) {
+  return opt.add_prefix + std::string(stripped(name, opt));
+}
+
+// Renaming must not give a tensor the reserved name, nor two tensors one
+// name (manifest names are unique, renamed ones may not be). Positions
+// sorted by name, not a set of a million names.
+void check_renamed_names(const stream::Manifest& m, const Options& opt) {
+  const auto& ts = m.tensors;
+  for (const auto& t : ts) {
+    const std::string_view s = stripped(t.name, opt);
+    if (opt.add_prefix.size() + s.size() == 12 && opt.add_prefix + std::string(s) == "__metadata__")
+      fail("renaming gives '" + t.name + "' the name '__metadata__', which safetensors reserves");
   }
-  // Manifest names are unique; renaming may make two equal. (Views into
-  // entries, which no longer grows: a model may have a million names.)
-  if (!opt.strip_prefix.empty() || !opt.add_prefix.empty()) {
-    std::unordered_map<std::string_view, size_t> seen;  // output name -> input index
-    seen.reserve(entries.size());
-    for (size_t i = 0; i < entries.size(); ++i)
-      if (auto [it, fresh] = seen.emplace(entries[i].name, i); !fresh)
-        fail("renaming gives '" + m.tensors[it->second].name + "' and '" + m.tensors[i].name + "' the same name '" +
-             entries[i].name + "'");
+  if (opt.strip_prefix.empty() && opt.add_prefix.empty()) return;
+  if (const auto r = safetensors::first_repeat(ts.size(), [&](size_t i) { return stripped(ts[i].name, opt); })) {
+    const auto& [a, b] = *r;
+    fail("renaming gives '" + ts[a].name + "' and '" + ts[b].name + "' the same name '" + renamed(ts[b].name, opt) + "'");
   }
-  std::vector<size_t> order(entries.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  if (reference_order)
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      if (entries[a].dtype != entries[b].dtype) return entries[a].dtype > entries[b].dtype;
-      return entries[a].name < entries[b].name;
-    });
+}
+
+std::vector<uint32_t> all_tensors(const stream::Manifest& m) {
+  std::vector<uint32_t> v(m.tensors.size());
+  for (uint32_t i = 0; i < v.size(); ++i) v[i] = i;
+  return v;
+}
+
+// The header of a file laid out as `l`, to `out` in pieces (or only its
+// size, with `out` empty).
+uint64_t header_pieces(const stream::Manifest& m, const std::vector<uint32_t>& part, const Layout& l,
+                       const Options& opt, const std::function<void(std::string_view)>& out) {
+  return safetensors::header_pieces(
+      m.metadata, l.order.size(),
+      [&](size_t k, safetensors::EntryRef& e) {
+        const uint32_t i = l.order[k];
+        const TensorInfo& t = m.tensors[part[i]];
+        e.name.assign(opt.add_prefix).append(stripped(t.name, opt));
+        e.dtype = t.dtype;
+        e.shape = t.shape;
+        e.begin = l.offset[i];
+        e.end = e.begin + t.nbytes;
+      },
+      out);
+}
+
+Layout plan(const stream::Manifest& m, const std::vector<uint32_t>& part, bool reference_order, const Options& opt) {
   Layout l;
-  l.offset.resize(entries.size());
-  std::vector<safetensors::TensorEntry> sorted;
-  sorted.reserve(entries.size());
-  for (size_t i : order) {
-    auto e = std::move(entries[i]);
-    e.begin = l.data_bytes;
-    e.end = l.data_bytes + e.end;  // end held nbytes
-    l.data_bytes = e.end;
-    l.offset[i] = e.begin;
-    sorted.push_back(std::move(e));
+  l.order.resize(part.size());
+  for (uint32_t k = 0; k < l.order.size(); ++k) l.order[k] = k;
+  if (reference_order)
+    std::stable_sort(l.order.begin(), l.order.end(), [&](uint32_t a, uint32_t b) {
+      const TensorInfo& x = m.tensors[part[a]];
+      const TensorInfo& y = m.tensors[part[b]];
+      return safetensors::reference_order_less(x.dtype, stripped(x.name, opt), y.dtype, stripped(y.name, opt));
+    });
+  l.offset.resize(part.size());
+  for (uint32_t k : l.order) {
+    l.offset[k] = l.data_bytes;
+    l.data_bytes += m.tensors[part[k]].nbytes;
   }
-  l.header = safetensors::serialize_header(m.metadata, sorted);
+  l.header_bytes = header_pieces(m, part, l, opt, {});
   return l;
 }
 
 Result to_stdout(stream::Reader& in, const Options& opt) {
-  const Layout l = plan(in.manifest(), false, opt);  // stdout cannot seek: stream order
+  const stream::Manifest& m = in.manifest();
+  check_renamed_names(m, opt);
+  const std::vector<uint32_t> part = all_tensors(m);
+  const Layout l = plan(m, part, false, opt);  // stdout cannot seek: stream order
   io::FdSink out(STDOUT_FILENO, "stdout");
-  out.write(l.header.data(), l.header.size());
+  header_pieces(m, part, l, opt, [&](std::string_view s) { out.write(s.data(), s.size()); });
   cli::Progress progress(cli::tool_name(), opt.progress, l.data_bytes);
   for (;;) {
     const Event ev = in.next();
@@ -99,7 +130,7 @@ Result to_stdout(stream::Reader& in, const Options& opt) {
     }
   }
   progress.finish();
-  return {in.manifest().tensors.size(), l.header.size() + l.data_bytes};
+  return {m.tensors.size(), l.header_bytes + l.data_bytes};
 }
 
 }  // namespace
@@ -170,9 +201,9 @@ namespace {
 // What a sharded output writes, planned from the manifest before any data.
 struct ShardPlan {
   std::string path;
-  std::vector<size_t> tensors;  // manifest indices
-  Layout layout;                // offsets by position in `tensors`
-  uint64_t size() const { return layout.header.size() + layout.data_bytes; }
+  std::vector<uint32_t> tensors;  // manifest indices
+  Layout layout;                  // offsets by position in `tensors`
+  uint64_t size() const { return layout.header_bytes + layout.data_bytes; }
 };
 
 struct ExtraFile {
@@ -185,7 +216,7 @@ struct OutputPlan {
   std::string dir;  // for sharded output
   std::vector<ShardPlan> shards;
   std::vector<uint32_t> shard_of;  // manifest index -> shard
-  std::vector<uint64_t> offset;    // manifest index -> data offset in its shard
+  std::vector<uint32_t> position;  // manifest index -> its position in the shard's `tensors`
   std::vector<ExtraFile> extras;   // index, config.json, copied files
 };
 
@@ -198,24 +229,24 @@ std::string torch_dtype_name(Dtype d) {
 }
 
 // Groups of manifest indices, one per shard.
-std::vector<std::vector<size_t>> split(const stream::Manifest& m, const Options& opt) {
-  std::vector<std::vector<size_t>> groups;
+std::vector<std::vector<uint32_t>> split(const stream::Manifest& m, const Options& opt) {
+  std::vector<std::vector<uint32_t>> groups;
   if (opt.keep_sharding) {
     // One output shard per input shard that still has tensors, in input order.
     std::vector<std::string> order = m.shards;
     for (const auto& t : m.tensors)
       if (std::find(order.begin(), order.end(), t.source) == order.end()) order.push_back(t.source);
     groups.resize(order.size());
-    for (size_t i = 0; i < m.tensors.size(); ++i)
+    for (uint32_t i = 0; i < m.tensors.size(); ++i)
       groups[static_cast<size_t>(std::find(order.begin(), order.end(), m.tensors[i].source) - order.begin())].push_back(i);
     groups.erase(std::remove_if(groups.begin(), groups.end(), [](const auto& g) { return g.empty(); }), groups.end());
   } else {
     // Hugging Face's split_state_dict_into_shards: greedy in order; a tensor
     // larger than the limit gets a shard of its own, appended at once.
     const uint64_t limit = opt.shard_size ? opt.shard_size : kDefaultShardSize;
-    std::vector<size_t> current;
+    std::vector<uint32_t> current;
     uint64_t current_bytes = 0;
-    for (size_t i = 0; i < m.tensors.size(); ++i) {
+    for (uint32_t i = 0; i < m.tensors.size(); ++i) {
       const uint64_t n = m.tensors[i].nbytes;
       if (n > limit) {
         groups.push_back({i});
@@ -299,18 +330,18 @@ bool model_dir_trusted(const stream::Manifest& m) {
 
 OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
   OutputPlan p;
-  plan(m, false, opt);  // checks the renamed names of the whole model once
+  check_renamed_names(m, opt);  // of the whole model, once
   p.shard_of.assign(m.tensors.size(), 0);
-  p.offset.assign(m.tensors.size(), 0);
   if (!sharded(opt)) {
     ShardPlan sh;
     sh.path = opt.output;
-    for (size_t i = 0; i < m.tensors.size(); ++i) sh.tensors.push_back(i);
-    sh.layout = plan(m, true, opt);
-    p.offset = sh.layout.offset;
+    sh.tensors = all_tensors(m);
+    sh.layout = plan(m, sh.tensors, true, opt);
+    p.position = sh.tensors;  // the part is all of it
     p.shards.push_back(std::move(sh));
     return p;
   }
+  p.position.assign(m.tensors.size(), 0);
   // OUTDIR/ (shards named model-*) or DIR/NAME.safetensors (NAME-*).
   std::string prefix = "model";
   p.dir = opt.output;
@@ -328,13 +359,10 @@ OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
     std::snprintf(suffix, sizeof suffix, "-%05zu-of-%05zu", s + 1, n);
     sh.path = paths::join(p.dir, prefix + (n == 1 ? "" : suffix) + ".safetensors");
     sh.tensors = groups[s];
-    stream::Manifest part;
-    part.metadata = m.metadata;
-    for (size_t i : sh.tensors) part.tensors.push_back(m.tensors[i]);
-    sh.layout = plan(part, true, opt);
+    sh.layout = plan(m, sh.tensors, true, opt);
     for (size_t k = 0; k < sh.tensors.size(); ++k) {
       p.shard_of[sh.tensors[k]] = static_cast<uint32_t>(s);
-      p.offset[sh.tensors[k]] = sh.layout.offset[k];
+      p.position[sh.tensors[k]] = static_cast<uint32_t>(k);
     }
     p.shards.push_back(std::move(sh));
   }
@@ -447,8 +475,9 @@ void check_plan(const stream::Manifest& m, const Options& opt, const OutputPlan&
 
 OutputSize check_output(const stream::Manifest& m, const Options& opt) {
   if (opt.output == "-") {
-    const Layout l = plan(m, false, opt);
-    return {l.header.size() + l.data_bytes, 1};
+    check_renamed_names(m, opt);
+    const Layout l = plan(m, all_tensors(m), false, opt);
+    return {l.header_bytes + l.data_bytes, 1};
   }
   const OutputPlan p = plan_outputs(m, opt);
   check_plan(m, opt, p);
@@ -497,17 +526,22 @@ Result run(stream::Reader& in, const Options& opt) {
     files.push_back(std::make_unique<io::AtomicOutput>(sh.path, opt.overwrite));
     io::AtomicOutput& f = *files.back();
     f.reserve(sh.size());
-    const auto& header = sh.layout.header;
-    f.pwrite_all(0, header.data(), header.size());
-    if (opt.verify)
-      f.with_bytes(0, header.size(), back, [&](const uint8_t* q) {
-        if (std::memcmp(q, header.data(), header.size()) != 0)
-          fail(sh.path + ": verification failed: the header read back differs from the one written");
-      });
+    uint64_t pos = 0;
+    header_pieces(m, sh.tensors, sh.layout, opt, [&](std::string_view piece) {
+      f.pwrite_all(pos, piece.data(), piece.size());
+      if (opt.verify)
+        f.with_bytes(pos, piece.size(), back, [&](const uint8_t* q) {
+          if (std::memcmp(q, piece.data(), piece.size()) != 0)
+            fail(sh.path + ": verification failed: the header read back differs from the one written");
+        });
+      pos += piece.size();
+    });
+    if (pos != sh.layout.header_bytes) throw Error("internal: the header changed size between planning and writing");
     data_total += sh.layout.data_bytes;
   }
   auto file_pos = [&](uint32_t tensor, uint64_t offset) {
-    return p.shards[p.shard_of[tensor]].layout.header.size() + p.offset[tensor] + offset;
+    const Layout& l = p.shards[p.shard_of[tensor]].layout;
+    return l.header_bytes + l.offset[p.position[tensor]] + offset;
   };
   // Data from a pipe goes straight into the files (splice) when the files
   // are read back: the read-back then checks the data checksums the reader

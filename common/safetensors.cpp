@@ -4,6 +4,7 @@
 #include <rapidjson/reader.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 
 #include "error.hpp"
@@ -352,15 +353,20 @@ Header read_header(const io::InputFile& file) {
 
 void sort_reference_order(std::vector<TensorEntry>& tensors) {
   std::stable_sort(tensors.begin(), tensors.end(), [](const TensorEntry& a, const TensorEntry& b) {
-    if (a.dtype != b.dtype) return a.dtype > b.dtype;
-    return a.name < b.name;  // std::string compares bytes as unsigned char
+    return reference_order_less(a.dtype, a.name, b.dtype, b.name);
   });
 }
 
-std::vector<uint8_t> serialize_header(const std::optional<Metadata>& metadata,
-                                      const std::vector<TensorEntry>& tensors) {
-  // Compact JSON exactly as the reference writer (serde_json) prints it.
+namespace {
+
+// The header's JSON, compact as the reference writer (serde_json) prints it,
+// without the length prefix and the padding.
+void header_json(const std::optional<Metadata>& metadata, size_t count, const EntryAt& entry,
+                 const std::function<void(std::string_view)>& out) {
+  constexpr size_t kPiece = 64 << 10;
   std::string json = "{";
+  json.reserve(kPiece + 4096);
+  bool first = true;
   if (metadata) {
     json += "\"__metadata__\":{";
     for (size_t i = 0; i < metadata->size(); ++i) {
@@ -370,27 +376,77 @@ std::vector<uint8_t> serialize_header(const std::optional<Metadata>& metadata,
       json::append_json_string(json, (*metadata)[i].second);
     }
     json += '}';
+    first = false;
   }
-  for (const auto& t : tensors) {
-    if (json.size() > 1) json += ',';
-    json::append_json_string(json, t.name);
+  EntryRef e;
+  char num[24];
+  auto number = [&](uint64_t v) {
+    const auto r = std::to_chars(num, num + sizeof num, v);
+    json.append(num, r.ptr);
+  };
+  for (size_t k = 0; k < count; ++k) {
+    entry(k, e);
+    if (!first) json += ',';
+    first = false;
+    json::append_json_string(json, e.name);
     json += ":{\"dtype\":\"";
-    json += dtype_name(t.dtype);
+    json += dtype_name(e.dtype);
     json += "\",\"shape\":[";
-    for (size_t i = 0; i < t.shape.size(); ++i) {
+    for (size_t i = 0; i < e.shape.size(); ++i) {
       if (i) json += ',';
-      json += std::to_string(t.shape[i]);
+      number(e.shape[i]);
     }
-    json += "],\"data_offsets\":[" + std::to_string(t.begin) + "," + std::to_string(t.end) + "]}";
+    json += "],\"data_offsets\":[";
+    number(e.begin);
+    json += ',';
+    number(e.end);
+    json += "]}";
+    if (json.size() >= kPiece) {
+      out(json);
+      json.clear();
+    }
   }
   json += '}';
-  while ((8 + json.size()) % 8 != 0) json.push_back(' ');
-  if (json.size() > kMaxHeaderBytes) fail("output header would exceed the 100000000-byte limit");
-  std::vector<uint8_t> out(8 + json.size());
-  uint64_t n = json.size();
-  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<uint8_t>(n >> (8 * i));
-  std::memcpy(out.data() + 8, json.data(), json.size());
-  return out;
+  out(json);
+}
+
+}  // namespace
+
+uint64_t header_pieces(const std::optional<Metadata>& metadata, size_t count, const EntryAt& entry,
+                       const std::function<void(std::string_view)>& out) {
+  uint64_t len = 0;
+  header_json(metadata, count, entry, [&](std::string_view s) { len += s.size(); });
+  const uint64_t padded = (len + 7) / 8 * 8;  // spaces, so the data starts at a multiple of 8
+  if (padded > kMaxHeaderBytes) fail("output header would exceed the 100000000-byte limit");
+  if (!out) return 8 + padded;
+  uint8_t prefix[8];
+  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<uint8_t>(padded >> (8 * i));
+  out({reinterpret_cast<const char*>(prefix), sizeof prefix});
+  uint64_t written = 0;
+  header_json(metadata, count, entry, [&](std::string_view s) {
+    out(s);
+    written += s.size();
+  });
+  if (written != len) throw Error("internal: the header encoded to different lengths");
+  out(std::string_view("        ", padded - len));
+  return 8 + padded;
+}
+
+std::vector<uint8_t> serialize_header(const std::optional<Metadata>& metadata,
+                                      const std::vector<TensorEntry>& tensors) {
+  std::vector<uint8_t> bytes;
+  header_pieces(
+      metadata, tensors.size(),
+      [&](size_t k, EntryRef& e) {
+        const TensorEntry& t = tensors[k];
+        e.name = t.name;
+        e.dtype = t.dtype;
+        e.shape = t.shape;
+        e.begin = t.begin;
+        e.end = t.end;
+      },
+      [&](std::string_view s) { bytes.insert(bytes.end(), s.begin(), s.end()); });
+  return bytes;
 }
 
 }  // namespace st::safetensors

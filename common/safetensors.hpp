@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -53,7 +55,30 @@ Header read_header(const io::InputFile& file);
 std::vector<uint8_t> serialize_header(const std::optional<Metadata>& metadata,
                                       const std::vector<TensorEntry>& tensors);
 
+// One entry of a header being written, filled in by the caller for the k-th
+// tensor (the name in a buffer that is reused), so that a writer of a
+// million tensors need not hold a table of them.
+struct EntryRef {
+  std::string name;
+  Dtype dtype = Dtype::U8;
+  std::span<const uint64_t> shape;
+  uint64_t begin = 0;
+  uint64_t end = 0;
+};
+using EntryAt = std::function<void(size_t k, EntryRef& e)>;
+
+// The same bytes as serialize_header, for `count` entries, given to `out`
+// in pieces of about 64 KiB (the JSON is made twice: for the length prefix,
+// then to write it). Returns the whole size; with `out` empty it only
+// measures. Throws st::Error when the header would exceed the limit.
+uint64_t header_pieces(const std::optional<Metadata>& metadata, size_t count, const EntryAt& entry,
+                       const std::function<void(std::string_view)>& out);
+
 // The reference writer's data order: descending dtype enum, then name bytes.
+inline bool reference_order_less(Dtype da, std::string_view a, Dtype db, std::string_view b) {
+  if (da != db) return da > db;
+  return a < b;  // string_view compares bytes as unsigned char
+}
 void sort_reference_order(std::vector<TensorEntry>& tensors);
 
 // Positions 0..n-1 ordered by name_of(i), equal names in position order.
@@ -66,6 +91,21 @@ std::vector<uint32_t> positions_by_name(size_t n, NameOf name_of) {
   for (uint32_t i = 0; i < by_name.size(); ++i) by_name[i] = i;
   std::stable_sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) { return name_of(a) < name_of(b); });
   return by_name;
+}
+
+// The first repeat in position order of a name among name_of(0..n-1): the
+// earliest position whose name an earlier one had, and that earlier one
+// (the first to have it). Found by sorting positions, not with a set.
+template <class NameOf>
+std::optional<std::pair<size_t, size_t>> first_repeat(size_t n, NameOf name_of) {
+  const std::vector<uint32_t> by_name = positions_by_name(n, name_of);
+  std::optional<std::pair<size_t, size_t>> found;  // (first holder, repeater)
+  size_t first = 0;
+  for (size_t k = 0; k < by_name.size(); ++k) {
+    if (k == 0 || name_of(by_name[k]) != name_of(by_name[k - 1])) first = by_name[k];
+    else if (!found || by_name[k] < found->second) found = std::pair<size_t, size_t>(first, by_name[k]);
+  }
+  return found;
 }
 
 // A name that `n` tensors (name_of(i) for i < n) share, or nullptr: the
