@@ -87,10 +87,11 @@ void check_problems(const stream::Matching& mt, const Options& opt) {
       fail("tensor " + json::quote(p.tensor) + ": " + (p.kind == scales::kNoScale ? "FP8 weight without a scale (--strict)" : p.detail));
 }
 
-stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matching& mt, fp8::Target target,
-                                 std::vector<long>* out_index) {
-  std::unordered_set<std::string> converted;
-  for (const auto& p : mt.pairs) converted.insert(p.weight);
+namespace {
+
+// The output manifest without its tensors: producer, edited metadata, and
+// what st-pack needs of the model folder.
+stream::Manifest output_fields(const stream::Manifest& m, const stream::Matching& mt, fp8::Target target) {
   stream::Manifest om;
   om.producer = std::string("st-dequant ") + ST_VERSION;
   om.metadata = m.metadata;
@@ -110,18 +111,30 @@ stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matchi
       if (e.value) it->second = *e.value;
       else md.erase(it);
     }
-  if (out_index) out_index->assign(m.tensors.size(), -1);
+  return om;
+}
+
+// Input tensor `in` as it is written: under `name`, in the target type when converted.
+void output_tensor(const TensorInfo& in, std::string_view name, bool converted, fp8::Target target, TensorInfo& out) {
+  out.name.assign(name);
+  out.dtype = converted ? fp8::target_dtype(target) : in.dtype;
+  out.shape.assign(in.shape.begin(), in.shape.end());
+  out.nbytes = converted ? in.nbytes * fp8::target_bytes(target) : in.nbytes;
+  out.source = in.source;
+}
+
+}  // namespace
+
+stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matching& mt, fp8::Target target) {
+  stream::Manifest om = output_fields(m, mt, target);
+  const stream::NameIndex index(m);
+  std::vector<bool> converted(m.tensors.size(), false);
+  for (const auto& p : mt.pairs) converted[index.position(p.weight)] = true;
   const auto names = scales::output_names(m, mt);
-  om.tensors.reserve(names.size());
-  for (const auto& [i, name] : names) {
-    TensorInfo o = m.tensors[i];
-    o.name = name;
-    if (converted.count(m.tensors[i].name)) {
-      o.dtype = fp8::target_dtype(target);
-      o.nbytes = m.tensors[i].nbytes * fp8::target_bytes(target);
-    }
-    if (out_index) (*out_index)[i] = static_cast<long>(om.tensors.size());
-    om.tensors.push_back(std::move(o));
+  om.tensors.resize(names.size());
+  for (size_t k = 0; k < names.size(); ++k) {
+    const size_t i = names[k].first;
+    output_tensor(m.tensors[i], names[k].second, converted[i], target, om.tensors[k]);
   }
   return om;
 }
@@ -137,23 +150,27 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   check_problems(mt, opt);
   if (recorded) scales::validate(m, mt);
 
+  // Per input tensor, 4 bytes each where it can be: a million tensors count.
   const size_t n = m.tensors.size();
   const stream::NameIndex index(m);
   std::vector<Action> action(n, Action::Pass);
-  std::vector<long> pair_of(n, -1);   // Convert: index into mt.pairs
-  std::vector<long> scale_of(n, -1);  // Convert: input index of its scale
-  std::vector<long> scale2_of(n, -1); // Convert: input index of its second scale
+  std::vector<int32_t> pair_of(n, -1);    // Convert: index into mt.pairs
+  std::vector<int32_t> scale_of(n, -1);   // Convert: input index of its scale
+  std::vector<int32_t> scale2_of(n, -1);  // Convert: input index of its second scale
+  std::vector<int32_t> slot(n, -1);       // HoldScale: index into held and decoded
+  size_t nslots = 0;
   for (const auto& d : mt.drop) action[index.position(d)] = Action::Drop;
   for (size_t k = 0; k < mt.pairs.size(); ++k) {
     const auto& p = mt.pairs[k];
     const size_t w = index.position(p.weight);
     action[w] = Action::Convert;
-    pair_of[w] = static_cast<long>(k);
+    pair_of[w] = static_cast<int32_t>(k);
     for (const auto* sname : {&p.scale, &p.scale2}) {
       if (sname->empty()) continue;
       const size_t s = index.position(*sname);
       action[s] = Action::HoldScale;
-      (sname == &p.scale ? scale_of : scale2_of)[w] = static_cast<long>(s);
+      if (slot[s] < 0) slot[s] = static_cast<int32_t>(nslots++);
+      (sname == &p.scale ? scale_of : scale2_of)[w] = static_cast<int32_t>(s);
       if (s > w)
         fail("stream order: scale " + json::quote(*sname) + " comes after its weight " + json::quote(p.weight) +
              "; stages need scales first (st-list orders them so)");
@@ -162,20 +179,36 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
 
   const std::vector<Dtype> scale_format = scales::scale_decode_formats(m, mt);
   Summary sum;
-  std::vector<long> out_index;
-  const stream::Manifest om = output_manifest(m, mt, opt.target, &out_index);
-  for (size_t i = 0; i < n; ++i) {
-    if (out_index[i] < 0) continue;
+  // The output manifest is made from the input's table as it is written,
+  // never held as a second table.
+  const auto names = scales::output_names(m, mt);  // (input index, output name), in output order
+  std::vector<int32_t> out_index(n, -1);
+  for (size_t k = 0; k < names.size(); ++k) {
+    const size_t i = names[k].first;
+    out_index[i] = static_cast<int32_t>(k);
     if (action[i] != Action::Convert) ++sum.passed;
     else if (scale_of[i] < 0) sum.unscaled.push_back(m.tensors[i].name);
     else ++sum.converted;
   }
-  sum.dropped = n - om.tensors.size();
-  out.begin(om);
+  sum.dropped = n - names.size();
+  {
+    const stream::Manifest fields = output_fields(m, mt, opt.target);
+    TensorInfo scratch;
+    stream::ManifestChanges changes;
+    changes.producer = fields.producer;
+    changes.count = names.size();
+    changes.tensor_at = [&](size_t k) -> const TensorInfo& {
+      const size_t i = names[k].first;
+      output_tensor(m.tensors[i], names[k].second, action[i] == Action::Convert, opt.target, scratch);
+      return scratch;
+    };
+    out.begin(fields, &changes);
+  }
 
-  std::vector<std::vector<uint8_t>> held(n);   // raw bytes of scales being received
-  fp8::Loss tensor_loss;                        // of the weight being converted
-  std::vector<std::vector<float>> decoded(n);  // their values once complete
+  std::vector<std::vector<uint8_t>> held(nslots);   // raw bytes of scales being received
+  fp8::Loss tensor_loss;                             // of the weight being converted
+  std::vector<std::vector<float>> decoded(nslots);  // their values once complete
+  auto decoded_of = [&](int32_t scale) -> std::vector<float>& { return decoded[static_cast<size_t>(slot[static_cast<size_t>(scale)])]; };
   std::vector<uint8_t> buf;
   const size_t ob = fp8::target_bytes(opt.target);
   auto handle = [&](const Event& ev) {
@@ -183,11 +216,15 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
     if (ev.kind == Event::Kind::Data) {
       switch (action[i]) {
         case Action::Pass: out.data(static_cast<uint32_t>(out_index[i]), ev.data, ev.hash); break;
-        case Action::HoldScale: held[i].insert(held[i].end(), ev.data.begin(), ev.data.end()); break;
+        case Action::HoldScale: {
+          auto& h = held[static_cast<size_t>(slot[i])];
+          h.insert(h.end(), ev.data.begin(), ev.data.end());
+          break;
+        }
         case Action::Drop: break;
         case Action::Convert: {
           static const std::vector<float> kNoScale;
-          const auto& scale = scale_of[i] >= 0 ? decoded[static_cast<size_t>(scale_of[i])] : kNoScale;
+          const auto& scale = scale_of[i] >= 0 ? decoded_of(scale_of[i]) : kNoScale;
           // In pieces whose output stays in the CPU cache while it is
           // converted, hashed and written to the pipe (one DATA frame each),
           // instead of one 8-16 MiB buffer that goes through memory 3 times.
@@ -207,8 +244,9 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
       return;
     }
     if (action[i] == Action::HoldScale) {
-      decoded[i] = fp8::decode_scales(scale_format[i], held[i]);  // U8 exponents decode as E8M0
-      std::vector<uint8_t>().swap(held[i]);
+      auto& h = held[static_cast<size_t>(slot[i])];
+      decoded[static_cast<size_t>(slot[i])] = fp8::decode_scales(scale_format[i], h);  // U8 exponents decode as E8M0
+      std::vector<uint8_t>().swap(h);
       return;
     }
     if (action[i] == Action::Convert && tensor_loss.any()) {
@@ -225,8 +263,8 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   auto fold = [&](size_t w) {
     if (folded[w] || scale2_of[w] < 0 || scale_of[w] < 0) return;
     folded[w] = true;
-    const float s2 = decoded[static_cast<size_t>(scale2_of[w])].at(0);
-    for (float& v : decoded[static_cast<size_t>(scale_of[w])]) v *= s2;
+    const float s2 = decoded_of(scale2_of[w]).at(0);
+    for (float& v : decoded_of(scale_of[w])) v *= s2;
   };
 
   for (size_t i = 0; i < nmarkers; ++i) {  // markers were read before planning

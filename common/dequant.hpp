@@ -42,9 +42,8 @@ void check_problems(const stream::Matching& mt, const Options& opt);
 
 // The output manifest for a matching: converted weights in the target type
 // under their output names, dropped tensors gone, metadata edited.
-// out_index[i] is input tensor i's index in it, or -1 when dropped.
-stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matching& mt, fp8::Target target,
-                                 std::vector<long>* out_index = nullptr);
+// (run() writes the same without holding it.)
+stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matching& mt, fp8::Target target);
 
 // Dequantises `n` FP8 codes that start at element `first` of `weight`, using
 // the layout in `pair` and the decoded `scale` values; writes target bytes.

@@ -7,7 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
-#include <deque>
+#include <iterator>
 
 #include "error.hpp"
 #include "json_util.hpp"
@@ -122,13 +122,44 @@ struct TensorFields {
   TensorInfo info;
 };
 
+// Entries in blocks of about 1 MiB while their number is unknown. Each
+// block is its own mapping (glibc maps allocations this large), so moving
+// them into one vector and freeing block by block gives the memory back as
+// it goes: a vector doubling would hold up to three times the entries, a
+// deque's small blocks stay in the heap once freed.
+class ArrivedEntries {
+ public:
+  static constexpr size_t kBlock = (1u << 20) / sizeof(TensorInfo);
+  void push_back(TensorInfo&& t) {
+    if (blocks_.empty() || blocks_.back().size() == kBlock) {
+      blocks_.emplace_back();
+      blocks_.back().reserve(kBlock);
+    }
+    blocks_.back().push_back(std::move(t));
+    ++size_;
+  }
+  void move_into(std::vector<TensorInfo>& out) {
+    out.reserve(out.size() + size_);
+    for (auto& b : blocks_) {
+      std::move(b.begin(), b.end(), std::back_inserter(out));
+      std::vector<TensorInfo>().swap(b);
+    }
+    blocks_.clear();
+    size_ = 0;
+  }
+
+ private:
+  std::vector<std::vector<TensorInfo>> blocks_;
+  size_t size_ = 0;
+};
+
 // SAX handler for a whole manifest: the "tensors" array of the root object
 // becomes TensorInfo entries directly, everything else is forwarded to a
 // Document. A manifest of a million tensors then never exists as a DOM
 // (which costs several times the JSON text).
 class ManifestHandler {
  public:
-  ManifestHandler(rapidjson::Document& doc, std::deque<TensorInfo>& out) : doc_(doc), out_(out) {}
+  ManifestHandler(rapidjson::Document& doc, ArrivedEntries& out) : doc_(doc), out_(out) {}
   const std::string& error() const { return error_; }
 
   bool Null() { return in_tensors() ? wrong_value() : doc_.Null(); }
@@ -314,7 +345,7 @@ class ManifestHandler {
   bool fail_utf8() { return fail("a string escape is not valid UTF-8 (lone surrogate)"); }
 
   rapidjson::Document& doc_;
-  std::deque<TensorInfo>& out_;
+  ArrivedEntries& out_;
   SharedString last_source_;  // tensors of one file share its path
 
   SharedString shared_source(std::string_view v) {
@@ -396,7 +427,10 @@ void write_manifest(W& w, const Manifest& m, const ManifestChanges* changes) {
   }
   key(w, "tensors");
   w.StartArray();
-  for (const auto& t : m.tensors) {
+  const bool replaced = changes && changes->tensor_at;
+  const size_t count = replaced ? changes->count : m.tensors.size();
+  for (size_t k = 0; k < count; ++k) {
+    const TensorInfo& t = replaced ? changes->tensor_at(k) : m.tensors[k];
     w.StartObject();
     key(w, "name");
     put(w, t.name);
@@ -560,10 +594,9 @@ Manifest decode_manifest(std::string_view json) {
 Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
   Manifest m;
   // No room is reserved from the frame's length: memory follows the
-  // entries that arrive, not what a frame claims. They arrive in a deque
-  // (a vector doubling its million entries held up to three times their
-  // size while it moved them) and move once into place below.
-  std::deque<TensorInfo> arrived;
+  // entries that arrive, not what a frame claims. They move once into
+  // place below.
+  ArrivedEntries arrived;
   rapidjson::Document doc;
   rapidjson::Reader reader;
   ManifestHandler handler(doc, arrived);
@@ -582,8 +615,7 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
   if (!doc.IsObject()) bad("not a JSON object");
   if (get_string(member(doc, "format", "manifest"), "format") != "st-stream") bad("format is not 'st-stream'");
 
-  m.tensors.reserve(arrived.size());
-  for (; !arrived.empty(); arrived.pop_front()) m.tensors.push_back(std::move(arrived.front()));
+  arrived.move_into(m.tensors);
   m.producer = get_string(member(doc, "producer", "manifest"), "producer");
   const Value& md = member(doc, "metadata", "manifest");
   if (md.IsObject()) {

@@ -133,6 +133,11 @@ class NameIndex {
 struct ManifestChanges {
   std::string producer;
   const Matching* matching = nullptr;  // replaces m.matching when set
+  // Replaces m.tensors when set: `count` tensors, the k-th made by
+  // tensor_at(k), which may fill and return one buffer it reuses (a stage
+  // that converts or drops tensors then never holds a second table).
+  size_t count = 0;
+  std::function<const TensorInfo&(size_t k)> tensor_at;
 };
 
 std::string encode_manifest(const Manifest& m, const ManifestChanges* changes = nullptr);

@@ -570,30 +570,41 @@ std::vector<std::pair<size_t, std::string_view>> output_names(const stream::Mani
 
 void validate(const stream::Manifest& m, const Matching& mt) {
   const stream::NameIndex index(m);
-  auto find = [&](const std::string& name, const char* what) -> const TensorInfo& {
+  auto position = [&](const std::string& name, const char* what) -> size_t {
     const long i = index.find(name);
     if (i < 0) fail("stream matching names " + std::string(what) + " " + json::quote(name) + ", which is not in the manifest");
-    return m.tensors[static_cast<size_t>(i)];
+    return static_cast<size_t>(i);
   };
-  const std::unordered_set<std::string> dropped(mt.drop.begin(), mt.drop.end());
-  std::unordered_set<std::string> weights;
+  auto find = [&](const std::string& name, const char* what) -> const TensorInfo& { return m.tensors[position(name, what)]; };
+  // Roles by manifest position, a byte each: a stream may list a million
+  // tensors, and sets of their names would copy every one.
+  const size_t n = m.tensors.size();
+  std::vector<uint8_t> dropped(n, 0), weight(n, 0), scale(n, 0), left(n, 0);
+  auto is_dropped = [&](const std::string& name) {
+    const long i = index.find(name);
+    return i >= 0 && dropped[static_cast<size_t>(i)];
+  };
+  for (const auto& d : mt.drop)
+    if (const long i = index.find(d); i >= 0) dropped[static_cast<size_t>(i)] = 1;
   for (const auto& p : mt.pairs) {
-    const TensorInfo& w = find(p.weight, "weight");
+    const size_t wi = position(p.weight, "weight");
+    const TensorInfo& w = m.tensors[wi];
     const bool container = w.dtype == Dtype::U8 || w.dtype == Dtype::I8;
     if (!is_fp8_weight_dtype(p.format) || (!container && w.dtype != p.format))
       fail("stream matching decodes " + json::quote(p.weight) + " (" + std::string(dtype_name(w.dtype)) + ") as " +
            std::string(dtype_name(p.format)));
-    if (!weights.insert(p.weight).second) fail("stream matching lists weight " + json::quote(p.weight) + " twice");
+    if (weight[wi]) fail("stream matching lists weight " + json::quote(p.weight) + " twice");
+    weight[wi] = 1;
     if (p.scale.empty()) continue;
     const TensorInfo& s = find(p.scale, "scale");
     const bool mx = s.dtype == Dtype::U8 && p.scale_format == Dtype::F8_E8M0 && p.layout == ScaleLayout::Block &&
                     p.block_rows == 1;
     if (!(fp8::is_scale_dtype(s.dtype) && s.dtype == p.scale_format) && !mx)
       fail("stream matching uses " + json::quote(p.scale) + " of dtype " + std::string(dtype_name(s.dtype)) + " as a scale");
-    if (!dropped.count(p.scale)) fail("stream matching keeps scale " + json::quote(p.scale) + " in the output");
+    if (!is_dropped(p.scale)) fail("stream matching keeps scale " + json::quote(p.scale) + " in the output");
     if (!p.scale2.empty()) {
       const TensorInfo& s2 = find(p.scale2, "scale");
-      if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype) || !dropped.count(p.scale2))
+      if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype) || !is_dropped(p.scale2))
         fail("stream matching: second scale " + json::quote(p.scale2) + " is not a dropped single value");
     }
     // The recorded layout must index exactly the scale's elements.
@@ -618,33 +629,31 @@ void validate(const stream::Manifest& m, const Matching& mt) {
   // Each tensor has one role: a scale serves one weight (a second factor is
   // folded into it), and a converted weight is neither dropped, renamed
   // separately, nor another weight's scale.
-  std::unordered_set<std::string> scale_names;
   for (const auto& p : mt.pairs)
-    for (const auto* s : {&p.scale, &p.scale2})
-      if (!s->empty() && !scale_names.insert(*s).second)
-        fail("stream matching uses " + json::quote(*s) + " as the scale of more than one weight");
-  for (const auto& p : mt.pairs)
-    if (dropped.count(p.weight) || scale_names.count(p.weight))
-      fail("stream matching both converts and drops " + json::quote(p.weight));
+    for (const auto* s : {&p.scale, &p.scale2}) {
+      if (s->empty()) continue;
+      const size_t si = position(*s, "scale");
+      if (scale[si]) fail("stream matching uses " + json::quote(*s) + " as the scale of more than one weight");
+      scale[si] = 1;
+    }
+  for (const auto& p : mt.pairs) {
+    const size_t wi = position(p.weight, "weight");
+    if (dropped[wi] || scale[wi]) fail("stream matching both converts and drops " + json::quote(p.weight));
+  }
   for (const auto& r : mt.renames)
-    if (weights.count(r.from)) fail("stream matching renames converted weight " + json::quote(r.from) + " twice");
+    if (weight[position(r.from, "renamed tensor")]) fail("stream matching renames converted weight " + json::quote(r.from) + " twice");
   // An FP8 weight is either converted or deliberately left as it is.
-  std::unordered_set<std::string> left;
   for (const auto& p : mt.problems)
-    if (p.kind == kUnconverted) left.insert(p.tensor);
-  std::unordered_set<std::string_view> names;  // views: a model may have a million names
-  names.reserve(m.tensors.size());
-  for (const auto& t : m.tensors) names.insert(t.name);
-  auto has = [&](const std::string& n) { return names.count(n) > 0; };
-  for (const auto& t : m.tensors)
-    if (is_fp8_weight_dtype(t.dtype) && !weights.count(t.name) && !left.count(t.name) && !dropped.count(t.name) &&
-        !never_a_weight(t, has))
+    if (const long i = p.kind == kUnconverted ? index.find(p.tensor) : -1; i >= 0) left[static_cast<size_t>(i)] = 1;
+  auto has = [&](const std::string& name) { return index.find(name) >= 0; };
+  for (size_t i = 0; i < n; ++i) {
+    const TensorInfo& t = m.tensors[i];
+    if (is_fp8_weight_dtype(t.dtype) && !weight[i] && !left[i] && !dropped[i] && !never_a_weight(t, has))
       fail("stream matching has no entry for FP8 tensor " + json::quote(t.name));
+  }
   const auto out = output_names(m, mt);
-  std::unordered_set<std::string_view> seen;
-  seen.reserve(out.size());
-  for (const auto& [i, name] : out)
-    if (!seen.insert(name).second) fail("stream matching gives two output tensors the name " + json::quote(name));
+  if (const auto r = safetensors::first_repeat(out.size(), [&](size_t k) { return out[k].second; }))
+    fail("stream matching gives two output tensors the name " + json::quote(out[r->second].second));
 }
 
 std::vector<Dtype> scale_decode_formats(const stream::Manifest& m, const Matching& mt) {

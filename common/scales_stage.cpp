@@ -72,7 +72,9 @@ void match_stage(stream::Reader& in, stream::Writer& out, const Options& opt, st
   size_t nmarkers = 0;
   const MarkerData markers = read_markers(in, nmarkers);
   const stream::Matching mt = match(m, markers, opt);
-  const stream::ManifestChanges changes{std::string("st-scales ") + ST_VERSION, &mt};
+  stream::ManifestChanges changes;
+  changes.producer = std::string("st-scales ") + ST_VERSION;
+  changes.matching = &mt;
   out.begin(m, &changes);
   for (size_t i = 0; i < nmarkers; ++i) {
     const auto& b = markers.at(m.tensors[i].name);

@@ -150,7 +150,13 @@ void Writer::begin(const Manifest& m, const ManifestChanges* changes) {
   sink_failed_ = false;
   ++frames_;
   sizes_.clear();
-  for (const auto& t : m.tensors) sizes_.push_back(t.nbytes);
+  if (changes && changes->tensor_at) {
+    sizes_.reserve(changes->count);
+    for (size_t k = 0; k < changes->count; ++k) sizes_.push_back(changes->tensor_at(k).nbytes);
+  } else {
+    sizes_.reserve(m.tensors.size());
+    for (const auto& t : m.tensors) sizes_.push_back(t.nbytes);
+  }
   current_ = 0;
   offset_ = 0;
   h_->tensor.reset();
