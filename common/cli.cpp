@@ -121,6 +121,9 @@ cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv) {
   try {
     auto r = o.parse(argc, argv);
     set_quiet(r.count("quiet") > 0);
+    // More operands than the synopsis has: never ignore one (st-convert A B C
+    // would otherwise write A's conversion over B).
+    if (!r.unmatched().empty()) usage_error("unexpected argument '" + r.unmatched()[0] + "'");
     return r;
   } catch (const cxxopts::exceptions::exception& e) {
     usage_error(e.what());

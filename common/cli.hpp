@@ -23,7 +23,8 @@ int run(const char* tool, const std::function<int()>& body);
 
 // Options every tool has: -h/--help, -V/--version, -q/--quiet.
 cxxopts::Options make_options(const std::string& tool, const std::string& synopsis);
-// Parses; a cxxopts error becomes a usage error.
+// Parses; a cxxopts error or an operand beyond the positional options
+// becomes a usage error.
 cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv);
 // Prints help or version if asked; returns true when the tool should exit 0.
 bool handle_help_version(cxxopts::Options& o, const cxxopts::ParseResult& r, const std::string& extra_help);

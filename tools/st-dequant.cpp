@@ -13,7 +13,6 @@ int main(int argc, char** argv) {
     const auto r = st::cli::parse(o, argc, argv);
     if (st::cli::handle_help_version(o, r, "")) return 0;
     st::cli::set_stream_output();
-    if (!r.unmatched().empty()) st::usage_error("unexpected argument '" + r.unmatched()[0] + "' (st-dequant reads stdin)");
     st::dequant::Options opt;
     opt.target = st::cli::target_option(r);
     opt.match = st::cli::match_options(r);
