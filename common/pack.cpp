@@ -385,6 +385,9 @@ OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
         continue;
       }
       if (paths::ends_with(name, ".safetensors") || paths::ends_with(name, ".safetensors.index.json")) continue;
+      // ModelOpt's quantization record: loaders that find it treat the
+      // model as FP8, so it goes with quantization_config (fp8-conventions §13.5).
+      if (name == "hf_quant_config.json" && m.converted_to) continue;
       const std::string target = paths::join(p.dir, name);
       if (name == "config.json" && m.converted_to) {
         std::ifstream f(src, std::ios::binary);

@@ -233,13 +233,34 @@ size_t count_scale_keys(const std::vector<TensorInfo>& tensors) {
   return n;
 }
 
+namespace {
+
+// The block edge that makes `k` blocks of `dim`, when none was given: the
+// even split when it is a power of two, else the smallest power of two
+// that gives k blocks (DeepSeek's 128 for 130 in 2; the reference rounds an
+// ambiguous edge up to a power of two).
+std::optional<uint64_t> derived_block(uint64_t dim, uint64_t k) {
+  if (dim == 0 || k == 0 || k > dim) return std::nullopt;
+  const uint64_t even = ceil_div(dim, k);
+  for (uint64_t p = 1; p != 0 && p <= dim; p <<= 1)
+    if (p >= even && ceil_div(dim, p) == k) return p;
+  return std::nullopt;
+}
+
+}  // namespace
+
 std::optional<ScalePairing> infer_layout(const std::vector<uint64_t>& w, const std::vector<uint64_t>& s,
-                                         BlockSize block, std::string* why, std::optional<uint64_t> group) {
+                                         BlockSize block, std::string* why, std::optional<uint64_t> group,
+                                         bool block_given) {
   ScalePairing p;
   if (numel(s) == 1) {
     p.layout = ScaleLayout::PerTensor;
     return p;
   }
+  // ModelOpt FP8_PB_WO: [out/b, 1, in/b, 1] is the 2-D block grid with unit
+  // axes (TensorRT-LLM squeezes it so); the same bytes in the same order.
+  if (w.size() == 2 && s.size() == 4 && s[1] == 1 && s[3] == 1)
+    return infer_layout(w, {s[0], s[2]}, block, why, group, block_given);
   auto set_block = [&](uint64_t r, uint64_t c) {
     p.layout = ScaleLayout::Block;
     p.block_rows = r;
@@ -273,6 +294,8 @@ std::optional<ScalePairing> infer_layout(const std::vector<uint64_t>& w, const s
         else if (group && ceil_div(n, *group) == sc) g = group;
         else if (n > 0 && n % sc == 0 && ((n / sc) & (n / sc - 1)) == 0) g = n / sc;
         if (g) return set_block(1, *g);
+        // One row (m == 1): its block grid has one row too, the same thing.
+        if (m == 1 && sc == ceil_div(n, block.cols)) return set_block(block.rows, block.cols);
         if (why)
           *why = "scale shape " + shape_text(s) + " has " + std::to_string(sc) + " groups per row of " +
                  std::to_string(n) + ", which fixes no group size; pass --block 1xG";
@@ -280,6 +303,9 @@ std::optional<ScalePairing> infer_layout(const std::vector<uint64_t>& w, const s
       }
       // 2-D blocks over the last two dimensions, ragged last blocks allowed.
       if (sr == ceil_div(m, block.rows) && sc == ceil_div(n, block.cols)) return set_block(block.rows, block.cols);
+      // No size from --block or config.json: the shapes fix it.
+      if (!block_given)
+        if (auto br = derived_block(m, sr), bc = derived_block(n, sc); br && bc) return set_block(*br, *bc);
       if (why)
         *why = "scale shape " + shape_text(s) + " is not the " + std::to_string(block.rows) + "x" +
                std::to_string(block.cols) + " block grid of weight " + shape_text(w) + " (which would be " +
@@ -310,6 +336,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   BlockSize block;
   if (sizes.block) block = {sizes.block->first, sizes.block->second};
   if (opt.block) block = *opt.block;
+  const bool block_given = sizes.block || opt.block;
   mt.block_rows = block.rows;
   mt.block_cols = block.cols;
   if (!opt.convention.empty()) check_convention(opt.convention);
@@ -404,7 +431,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       const TensorInfo& s = by_name.at(c.scale);
       used.insert(s.name);
       std::string why;
-      std::optional<ScalePairing> got = infer_layout(w.shape, s.shape, block, &why, sizes.group);
+      std::optional<ScalePairing> got = infer_layout(w.shape, s.shape, block, &why, sizes.group, block_given);
       Dtype scale_format = s.dtype;
       if (s.dtype == Dtype::U8 && comfy_mxfp8) {
         // ComfyUI stores MXFP8 scales swizzled for cuBLAS: not row-major, not converted.
@@ -457,25 +484,29 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       if (dot != std::string::npos && kept_layers.count(t.name.substr(0, dot))) used.insert(t.name);
     }
 
-  // Activation/KV scales and ComfyUI markers of converted layers; never a
-  // tensor that is converted itself (an FP8 tensor named like one).
+  // ComfyUI markers of converted layers, and activation and KV scales;
+  // never a tensor that is converted itself (an FP8 tensor named like one).
   std::unordered_set<std::string> converted;
   for (const auto& p : mt.pairs) converted.insert(p.weight);
   auto drop_part = [&](const std::string& n) {
     if (has(n) && !converted.count(n)) drop(n);
   };
-  for (const auto& layer : converted_layers) {
-    if (!opt.keep_scales)
-      for (auto a : kActivationScales) drop_part(layer + "." + std::string(a));
-    drop_part(layer + ".comfy_quant");
-  }
+  for (const auto& layer : converted_layers) drop_part(layer + ".comfy_quant");
+
   if (!mt.pairs.empty())
     for (const auto& t : tensors)
       if (is_scaled_fp8_marker(t.name)) drop(t.name);
 
   // __metadata__: ComfyUI's layer list loses the converted layers; torchao's
-  // bookkeeping goes with its storage names.
+  // bookkeeping goes with its storage names; quant_format goes once nothing
+  // is left quantized.
   if (m.metadata) {
+    const bool left_quantized = std::any_of(mt.problems.begin(), mt.problems.end(), [](const MatchProblem& p) {
+      return p.kind == kUnconverted || p.kind == kU8WithScale;
+    });
+    if (!mt.pairs.empty() && !left_quantized)
+      for (const auto& [k, v] : *m.metadata)
+        if (k == "quant_format") mt.metadata_edits.push_back({k, std::nullopt});
     for (const auto& [k, v] : *m.metadata) {
       if (k != "_quantization_metadata" || converted_layers.empty()) continue;
       rapidjson::Document d;
@@ -531,6 +562,23 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
                   ", not FP8: both pass through unchanged");
     else
       problem(kOrphanScale, t.name, "looks like a weight scale but no FP8 weight uses it; passed through");
+  }
+  // Activation and KV scales belong to the quantized model rather than to
+  // one weight (compressed-tensors' self_attn.k_scale, Mistral's
+  // kv_fake_quantizer.qscale_act): once its FP8 weights are converted none
+  // is used (fp8-conventions §0, §13.5). Kept: those of a layer left as it
+  // is, or whose non-FP8 weight has a scale (both pass through, as reported).
+  if (!opt.keep_scales && !mt.pairs.empty()) {
+    std::unordered_set<std::string> keep = kept_layers;
+    for (const auto& p : mt.problems)
+      if (p.kind == kNonFp8Weight) keep.insert(p.tensor.substr(0, p.tensor.rfind('.') == std::string::npos ? 0 : p.tensor.rfind('.')));
+    for (const auto& t : tensors) {
+      const auto dot = t.name.rfind('.');
+      const std::string_view last = dot == std::string::npos ? std::string_view(t.name) : std::string_view(t.name).substr(dot + 1);
+      if (std::find(std::begin(kActivationScales), std::end(kActivationScales), last) == std::end(kActivationScales)) continue;
+      if (keep.count(dot == std::string::npos ? std::string() : t.name.substr(0, dot))) continue;
+      drop_part(t.name);
+    }
   }
   // Keep drop in manifest order, for a deterministic stream.
   std::vector<std::string> ordered;

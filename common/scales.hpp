@@ -70,9 +70,13 @@ stream::Matching match(const std::vector<stream::TensorInfo>& tensors, const Opt
 // The layout a scale of `scale_shape` has for a weight of `weight_shape`, or
 // nullopt with a reason. `block` is the block size to try for 2-D grids;
 // `group` a group size to prefer for scales along a row ([..., M, k]).
+// When the block size was not given (!block_given: neither --block nor
+// config.json), a 2-D grid that `block` does not fit fixes it itself: per
+// axis, the power of two that gives that many blocks.
 std::optional<stream::ScalePairing> infer_layout(const std::vector<uint64_t>& weight_shape,
                                                  const std::vector<uint64_t>& scale_shape, BlockSize block,
-                                                 std::string* why, std::optional<uint64_t> group = std::nullopt);
+                                                 std::string* why, std::optional<uint64_t> group = std::nullopt,
+                                                 bool block_given = true);
 
 // Checks a recorded pairing against the manifest (a stream from elsewhere is
 // not trusted to index scales safely). Throws st::Error.

@@ -152,6 +152,41 @@ TEST_CASE("infer_layout: groups along a row (compressed-tensors GROUP, MX, musub
   CHECK(forced->block_cols == 101);
 }
 
+TEST_CASE("infer_layout: a block size nobody gave comes from the grid (fp8-conventions 13.3)", "[scales][layout]") {
+  auto derived = [](const Shape& w, const Shape& s) { return sc::infer_layout(w, s, sc::BlockSize{}, nullptr, std::nullopt, false); };
+  // Per axis: the even split when it is a power of two, else the smallest
+  // power of two giving that many blocks (worked by hand).
+  struct C { Shape w, s; uint64_t rows, cols; };
+  const C ok[] = {
+      {{256, 256}, {4, 4}, 64, 64},     // 256/4 = 64
+      {{100, 70}, {2, 3}, 64, 32},      // 50 -> 64 (ceil(100/64) = 2); 24 -> 32 (ceil(70/32) = 3)
+      {{130, 300}, {2, 3}, 128, 128},   // 65 -> 128; 100 -> 128 (ceil(300/128) = 3)
+      {{8, 512, 256}, {8, 8, 2}, 64, 128},  // experts lead
+  };
+  for (const C& c : ok) {
+    INFO(sc::shape_text(c.w) << " " << sc::shape_text(c.s));
+    auto p = derived(c.w, c.s);
+    REQUIRE(p.has_value());
+    CHECK(p->layout == ScaleLayout::Block);
+    CHECK(p->block_rows == c.rows);
+    CHECK(p->block_cols == c.cols);
+  }
+  CHECK(!derived({100, 70}, {3, 3}).has_value());  // 3 blocks of 100: 34..49 would do, no power of two
+  // The 128x128 default still comes first, and a size that was given is not replaced.
+  CHECK(derived({256, 256}, {2, 2})->block_rows == 128);
+  CHECK(!infer({256, 256}, {4, 4}).has_value());
+  // ModelOpt FP8_PB_WO: [out/b,1,in/b,1] is the same grid.
+  auto pbwo = infer({256, 384}, {2, 1, 3, 1});
+  REQUIRE(pbwo.has_value());
+  CHECK(pbwo->layout == ScaleLayout::Block);
+  CHECK(pbwo->block_rows == 128);
+  CHECK(pbwo->block_cols == 128);
+  // One row: [1, ceil(n/128)] is one row of 128x128 blocks.
+  auto row = infer({1, 130}, {1, 2});
+  REQUIRE(row.has_value());
+  CHECK(row->block_cols == 128);
+}
+
 TEST_CASE("infer_layout: shapes that fit nothing", "[scales][layout]") {
   struct C { Shape w, s; };
   const C bad[] = {
@@ -231,13 +266,14 @@ TEST_CASE("match: pairs, drops and problems", "[scales][match]") {
     CHECK(has_problem(m, sc::kNonFp8Weight, "l10."));
     CHECK(has_problem(m, sc::kNonFp8Weight, "l11."));
   }
-  SECTION("drop: paired scales and activation scales of converted layers only") {
+  SECTION("drop: paired scales, and activation scales unless their layer passes through") {
     CHECK(contains(m.drop, "l1.weight_scale"));
     CHECK(contains(m.drop, "l1.input_scale"));
     CHECK(contains(m.drop, "l2.weight_scale_inv"));
     CHECK(contains(m.drop, "l8.weight_scale"));
+    CHECK(contains(m.drop, "l9.input_scale"));  // no weight of its own, as self_attn.k_scale
     for (const char* kept : {"l4.weight", "l4.weight_scale", "l4.input_scale", "l5.weight_scale",
-                             "l9.input_scale", "l10.weight", "l10.weight_scale", "l11.weight_scale_inv",
+                             "l10.weight", "l10.weight_scale", "l11.weight_scale_inv",
                              "l1.weight", "l6.weight", "bias"}) {
       INFO(kept);
       CHECK(!contains(m.drop, kept));
