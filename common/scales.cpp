@@ -420,11 +420,15 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     pair.weight = w.name;
     pair.format = *format;
     if (cands.size() > 1) {
+      // fp8-conventions 13.2 checks the suffixes in one order, the order of
+      // kConventions: the first is paired, the others pass through (as
+      // orphan-scale), and the choice is reported.
       std::string list;
       for (const auto& c : cands) list += (list.empty() ? "" : ", ") + c.scale;
-      problem(kAmbiguous, w.name, "several candidate scales: " + list);
-      for (const auto& c : cands) used.insert(c.scale);
-      continue;
+      problem(kAmbiguous, w.name,
+              "several candidate scales: " + list + "; using " + cands[0].scale +
+                  " (the first in convention order; --convention chooses another)");
+      cands.erase(cands.begin() + 1, cands.end());
     }
     if (cands.size() == 1) {
       const Candidate& c = cands[0];
@@ -554,7 +558,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       if (p.weight == weight) wp = &p;
     if (wp)
       problem(kOrphanScale, t.name,
-              "not used (--convention): its weight " + weight +
+              "not used: its weight " + weight +
                   (wp->scale.empty() ? " was cast with scale 1" : " uses " + wp->scale) + "; passed through");
     else if (!weight.empty())
       problem(kNonFp8Weight, t.name,
@@ -714,7 +718,7 @@ std::vector<Dtype> scale_decode_formats(const stream::Manifest& m, const Matchin
 }
 
 bool is_fatal(const MatchProblem& p, bool strict) {
-  return p.kind == kUnusableScale || p.kind == kAmbiguous || p.kind == kNameCollision || p.kind == kBadMarker ||
+  return p.kind == kUnusableScale || p.kind == kNameCollision || p.kind == kBadMarker ||
          p.kind == kIndexMismatch || (strict && p.kind == kNoScale);
 }
 
@@ -824,7 +828,7 @@ Counts count(const Matching& mt) {
       ++c.by_convention[convention_description(p.convention)];
     }
   }
-  for (const auto& p : mt.problems) c.fatal += p.kind == kUnusableScale || p.kind == kAmbiguous;  // one per weight
+  for (const auto& p : mt.problems) c.fatal += p.kind == kUnusableScale;  // one per weight
   return c;
 }
 
@@ -898,7 +902,7 @@ void print_report(std::ostream& out, const stream::Manifest& m, const Matching& 
   section(kU8WithScale, "U8/I8 weights with a scale (not converted)");
   section(kUnconverted, "Layers in formats that are not converted (left as they are)");
   section(kUnusableScale, "Unusable scales (st-dequant refuses these)");
-  section(kAmbiguous, "FP8 weights with several candidate scales (st-dequant refuses these)");
+  section(kAmbiguous, "FP8 weights with several candidate scales (the first in convention order is used)");
   section(kNameCollision, "Output name collisions (st-dequant refuses these)");
   section(kBadMarker, "Invalid quantization markers (st-dequant refuses these)");
   section(kIndexMismatch, "Index and shards disagree (st-list refuses this model)");

@@ -339,17 +339,23 @@ TEST_CASE("match: ComfyUI legacy scale_weight pairs with its weight", "[scales][
   CHECK(contains(m.drop, "m.scale_weight"));
 }
 
-TEST_CASE("match: a weight with both W_scale and W_scale_inv is ambiguous", "[scales][match]") {
+TEST_CASE("match: a weight with both W_scale and W_scale_inv takes W_scale_inv (fp8-conventions 13.2)", "[scales][match]") {
   const std::vector<TensorInfo> t = {
       ti("l3.weight", Dtype::F8_E4M3, {4, 8}),
       ti("l3.weight_scale", Dtype::F32, {}),
       ti("l3.weight_scale_inv", Dtype::F32, {}),
   };
   const auto m = sc::match(t, {});
+  auto p = pair_of(m, "l3.weight");
+  REQUIRE(p);
+  CHECK(p->scale == "l3.weight_scale_inv");  // the reference's order: _scale_inv before _scale
   CHECK(has_problem(m, sc::kAmbiguous, "l3."));
-  bool fatal = false;
-  for (const auto& p : m.problems) fatal = fatal || (p.kind == std::string(sc::kAmbiguous) && sc::is_fatal(p));
-  CHECK(fatal);
+  CHECK(has_problem(m, sc::kOrphanScale, "l3.weight_scale"));  // the other passes through, reported
+  CHECK(!contains(m.drop, "l3.weight_scale"));
+  for (const auto& q : m.problems) {
+    INFO(q.kind << " " << q.tensor);
+    CHECK(!sc::is_fatal(q));
+  }
   CHECK(sc::needs_attention(m));
 }
 
