@@ -38,6 +38,9 @@ void convert_chunk(const TensorInfo& w, const ScalePairing& pair, const std::vec
     uint64_t s;
     if (pair.layout == ScaleLayout::PerRow) {
       s = row;
+    } else if (pair.layout == ScaleLayout::MxSwizzled) {  // 2-D only (validated)
+      s = scales::mx_swizzled_index(row, col / 32, scales::mx_groups(cols));
+      run_end = std::min(cols, (col / 32 + 1) * 32);
     } else {
       const uint64_t matrix = row / rows_per_matrix, r = row % rows_per_matrix;
       s = matrix * grid_rows * grid_cols + (r / bm) * grid_cols + col / bn;

@@ -108,6 +108,7 @@ ScaleLayout layout_from(const std::string& s) {
   if (s == "per-tensor") return ScaleLayout::PerTensor;
   if (s == "per-row") return ScaleLayout::PerRow;
   if (s == "block") return ScaleLayout::Block;
+  if (s == "mx-swizzled") return ScaleLayout::MxSwizzled;
   bad("unknown scale layout " + json::quote(s));
 }
 
@@ -370,6 +371,7 @@ std::string_view layout_name(ScaleLayout l) {
     case ScaleLayout::PerTensor: return "per-tensor";
     case ScaleLayout::PerRow: return "per-row";
     case ScaleLayout::Block: return "block";
+    case ScaleLayout::MxSwizzled: return "mx-swizzled";
   }
   return "?";
 }
@@ -690,6 +692,9 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
           if (!b.IsArray() || b.Size() != 2) bad("pair block is not [rows, cols]");
           sp.block_rows = get_u64(b[0], "pair block");
           sp.block_cols = get_u64(b[1], "pair block");
+        } else if (sp.layout == ScaleLayout::MxSwizzled) {
+          sp.block_rows = 1;  // groups of 32 along a row, by definition
+          sp.block_cols = 32;
         }
       }
       mt.pairs.push_back(std::move(sp));

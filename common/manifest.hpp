@@ -47,7 +47,9 @@ struct TensorInfo {
   SharedString source;  // file it came from ("" when unknown)
 };
 
-enum class ScaleLayout { PerTensor, PerRow, Block };
+// MxSwizzled: ComfyUI MXFP8, 1x32 groups of a 2-D weight whose exponents
+// lie in cuBLAS tiles (scales::mx_swizzled_index), not row by row.
+enum class ScaleLayout { PerTensor, PerRow, Block, MxSwizzled };
 
 // One FP8 weight with its scale tensor (or none: cast with scale 1).
 struct ScalePairing {

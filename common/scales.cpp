@@ -190,6 +190,7 @@ std::string layout_text(const ScalePairing& p) {
   std::string s(stream::layout_name(p.layout));
   if (p.layout == ScaleLayout::Block)
     s = (p.block_rows == 1 ? "group " : "block ") + std::to_string(p.block_rows) + "x" + std::to_string(p.block_cols);
+  if (p.layout == ScaleLayout::MxSwizzled) s = "group 1x32, cuBLAS tiles (ComfyUI mxfp8)";
   if (!p.scale2.empty()) s += " x " + p.scale2;
   return s;
 }
@@ -394,7 +395,8 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     for (size_t dot = layer.find('.'); cf == comfy.end() && dot != std::string::npos; dot = layer.find('.', dot + 1))
       cf = comfy.find(layer.substr(dot + 1));
     const bool comfy_marked = cf != comfy.end() && ends_with(w.name, ".weight");
-    if (comfy_marked && !fp8_of_comfy_format(cf->second)) {
+    const bool comfy_mx_layer = comfy_marked && cf->second == "mxfp8";
+    if (comfy_marked && !comfy_mx_layer && !fp8_of_comfy_format(cf->second)) {
       if (is_fp8_weight_dtype(w.dtype) || w.dtype == Dtype::U8 || w.dtype == Dtype::I8) {
         problem(kUnconverted, w.name, "layer format '" + cf->second + "' is not converted: the layer is left as it is");
         kept_layers.insert(layer);
@@ -405,7 +407,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     if (is_fp8_weight_dtype(w.dtype)) {
       format = w.dtype;
     } else if (w.dtype == Dtype::U8 || w.dtype == Dtype::I8) {
-      if (comfy_marked) format = fp8_of_comfy_format(cf->second);
+      if (comfy_marked) format = comfy_mx_layer ? Dtype::F8_E4M3 : *fp8_of_comfy_format(cf->second);
       else if (opt.u8_as && !cands.empty()) format = opt.u8_as;
       else if (!cands.empty()) {
         problem(kU8WithScale, w.name,
@@ -437,12 +439,27 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       std::string why;
       std::optional<ScalePairing> got = infer_layout(w.shape, s.shape, block, &why, sizes.group, block_given);
       Dtype scale_format = s.dtype;
-      if (s.dtype == Dtype::U8 && comfy_mxfp8) {
-        // ComfyUI stores MXFP8 scales swizzled for cuBLAS: not row-major, not converted.
-        problem(kUnconverted, w.name, "ComfyUI mxfp8 (quant_format metadata, swizzled scales) is not converted");
-        continue;
-      }
-      if (s.dtype == Dtype::U8 && got && got->layout == ScaleLayout::Block && got->block_rows == 1 &&
+      // ComfyUI MXFP8 (a comfy_quant "mxfp8" layer, or quant_format mxfp8
+      // metadata with exponent scales): the scales are in cuBLAS tiles, not
+      // row-major, whatever the shape says (fp8-conventions 4, 13.4).
+      if (comfy_mx_layer || (comfy_mxfp8 && (s.dtype == Dtype::U8 || s.dtype == Dtype::F8_E8M0))) {
+        const bool fits = w.shape.size() == 2 && s.shape.size() == 2 &&
+                          (s.dtype == Dtype::U8 || s.dtype == Dtype::F8_E8M0) &&
+                          numel(s.shape) == mx_swizzled_numel(w.shape[0], w.shape[1]) &&
+                          (s.shape[0] == (w.shape[0] + 127) / 128 * 128 || s.shape[0] == w.shape[0]);
+        if (!fits) {
+          problem(kUnconverted, w.name,
+                  "ComfyUI mxfp8 scale " + s.name + " " + shape_text(s.shape) + " (" + std::string(dtype_name(s.dtype)) +
+                      ") is not the cuBLAS tile grid of weight " + shape_text(w.shape) + ": the layer is left as it is");
+          kept_layers.insert(layer);
+          continue;
+        }
+        got = ScalePairing{};
+        got->layout = ScaleLayout::MxSwizzled;
+        got->block_rows = 1;
+        got->block_cols = 32;
+        scale_format = Dtype::F8_E8M0;
+      } else if (s.dtype == Dtype::U8 && got && got->layout == ScaleLayout::Block && got->block_rows == 1 &&
           got->block_cols == 32) {
         scale_format = Dtype::F8_E8M0;  // MX (compressed-tensors): U8 exponents of 1x32 groups, row-major
       } else if (!fp8::is_scale_dtype(s.dtype)) {
@@ -649,8 +666,8 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     weight[wi] = 1;
     if (p.scale.empty()) continue;
     const TensorInfo& s = find(p.scale, "scale");
-    const bool mx = s.dtype == Dtype::U8 && p.scale_format == Dtype::F8_E8M0 && p.layout == ScaleLayout::Block &&
-                    p.block_rows == 1;
+    const bool mx = s.dtype == Dtype::U8 && p.scale_format == Dtype::F8_E8M0 &&
+                    ((p.layout == ScaleLayout::Block && p.block_rows == 1) || p.layout == ScaleLayout::MxSwizzled);
     if (!(fp8::is_scale_dtype(s.dtype) && s.dtype == p.scale_format) && !mx)
       fail("stream matching uses " + json::quote(p.scale) + " of dtype " + std::string(dtype_name(s.dtype)) + " as a scale");
     if (!is_dropped(p.scale)) fail("stream matching keeps scale " + json::quote(p.scale) + " in the output");
@@ -665,6 +682,9 @@ void validate(const stream::Manifest& m, const Matching& mt) {
       case ScaleLayout::PerTensor: ok = numel(s.shape) == 1; break;
       case ScaleLayout::PerRow:  // one scale per row: the product of all but the last dimension (which may be 0)
         ok = w.shape.size() >= 2 && numel(s.shape) == numel(std::vector<uint64_t>(w.shape.begin(), w.shape.end() - 1));
+        break;
+      case ScaleLayout::MxSwizzled:
+        ok = w.shape.size() == 2 && numel(s.shape) == mx_swizzled_numel(w.shape[0], w.shape[1]);
         break;
       case ScaleLayout::Block:
         if (w.shape.size() >= 2 && p.block_rows > 0 && p.block_cols > 0) {

@@ -67,6 +67,22 @@ stream::Matching match(const stream::Manifest& m, const MarkerData& markers, con
 // Names, dtypes and shapes only (no metadata, markers or config).
 stream::Matching match(const std::vector<stream::TensorInfo>& tensors, const Options& opt);
 
+// ComfyUI MXFP8 scales: one E8M0 exponent per group of 32 along a row of a
+// 2-D weight [M, N], stored as comfy-kitchen writes them for cuBLAS
+// (torchao's to_blocked, "32_4_4"): the grid of M rows x ceil(N/32) groups
+// is padded to roundup(M,128) x roundup(groups,4) and cut into tiles of 128
+// rows x 4 groups, tiles in row-major order, 512 bytes each; row r of a tile
+// is r = 32a + b, and its group c lies at byte 16b + 4a + c (fp8-conventions
+// 4 and 13.4, from_blocked).
+inline uint64_t mx_groups(uint64_t n) { return (n + 31) / 32; }
+inline uint64_t mx_swizzled_numel(uint64_t m, uint64_t n) {
+  return (m + 127) / 128 * 128 * ((mx_groups(n) + 3) / 4 * 4);
+}
+inline uint64_t mx_swizzled_index(uint64_t row, uint64_t group, uint64_t groups) {
+  const uint64_t tiles_per_row = (groups + 3) / 4, r = row % 128;
+  return ((row / 128) * tiles_per_row + group / 4) * 512 + (r % 32) * 16 + (r / 32) * 4 + group % 4;
+}
+
 // The layout a scale of `scale_shape` has for a weight of `weight_shape`, or
 // nullopt with a reason. `block` is the block size to try for 2-D grids;
 // `group` a group size to prefer for scales along a row ([..., M, k]).

@@ -10,7 +10,7 @@ namespace st::stream {
 // §2 Preamble
 inline constexpr uint8_t kMagic[8] = {0x89, 'S', 'T', 'S', 0x0D, 0x0A, 0x1A, 0x0A};
 inline constexpr uint16_t kVersionMajor = 1;
-inline constexpr uint16_t kVersionMinor = 1;
+inline constexpr uint16_t kVersionMinor = 2;
 inline constexpr size_t kPreambleBytes = 24;
 
 // §3 Frames

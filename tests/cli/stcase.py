@@ -96,10 +96,34 @@ def scale_values(dtype, data):
     raise ValueError('no scale dtype ' + dtype)
 
 
+def unswizzle(flat, rows, groups):
+    """ComfyUI MXFP8 scales to a row-major [rows, groups] list, step by step
+    as fp8-conventions 13.4 gives comfy-kitchen's from_blocked: the bytes
+    view(-1,32,16) -> (-1,32,4,4).transpose(1,2) -> (rb,cb,128,4) ->
+    permute(0,2,1,3), i.e. a (rb*128, cb*4) matrix, then cropped."""
+    rb, cb = -(-rows // 128), -(-groups // 4)
+    assert len(flat) == rb * cb * 512, 'scale is not the padded tile grid'
+    full = [[None] * (cb * 4) for _ in range(rb * 128)]
+    for t in range(rb * cb):
+        tile = flat[t * 512:(t + 1) * 512]
+        v = [[[tile[b * 16 + a * 4 + c] for c in range(4)] for a in range(4)] for b in range(32)]  # (32,4,4)
+        u = [[[v[b][a][c] for c in range(4)] for b in range(32)] for a in range(4)]  # transpose(1,2): (4,32,4)
+        i, j = divmod(t, cb)  # tiles in (rb, cb) order; a tile is 128 rows (a*32+b) by 4 groups
+        for a in range(4):
+            for b in range(32):
+                for c in range(4):
+                    full[i * 128 + a * 32 + b][j * 4 + c] = u[a][b][c]
+    return [full[r][g] for r in range(rows) for g in range(groups)]
+
+
 def dequant(dtype, shape, data, scales, layout, target):
     """Expected output bytes: f32(fp8 * scale) rounded once to the target."""
     cols = shape[-1] if shape else 1
     rows_per = shape[-2] if len(shape) >= 2 else 1
+    if layout == 'mx-swizzled':  # 1x32 groups of a 2-D weight, scales in cuBLAS tiles
+        assert len(shape) == 2
+        scales = unswizzle(scales, rows_per, -(-cols // 32))
+        layout = 'block:1x32'
     bm = bn = 0
     if layout.startswith('block:'):
         bm, bn = (int(v) for v in layout[6:].split('x'))

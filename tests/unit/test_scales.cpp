@@ -458,3 +458,23 @@ TEST_CASE("match: a comfy_quant marker that is not UTF-8 is an invalid marker", 
     CHECK(back.matching->problems.size() == out.matching->problems.size());
   }
 }
+
+TEST_CASE("mx_swizzled_index: ComfyUI's cuBLAS tiles, worked from fp8-conventions 13.4", "[scales][layout]") {
+  // from_blocked views a 512-byte tile as (32,16) -> (32,4,4) [b][a][c] and
+  // transposes to (4,32,4) [a][b][c]: byte 16b + 4a + c is row 32a + b,
+  // group c of the tile; tiles run over (128-row bands, 4-group bands).
+  CHECK(sc::mx_swizzled_index(0, 0, 4) == 0);
+  CHECK(sc::mx_swizzled_index(0, 3, 4) == 3);
+  CHECK(sc::mx_swizzled_index(1, 0, 4) == 16);
+  CHECK(sc::mx_swizzled_index(31, 2, 4) == 31 * 16 + 2);
+  CHECK(sc::mx_swizzled_index(32, 0, 4) == 4);
+  CHECK(sc::mx_swizzled_index(33, 1, 4) == 16 + 4 + 1);
+  CHECK(sc::mx_swizzled_index(127, 3, 4) == 511);
+  CHECK(sc::mx_swizzled_index(0, 4, 8) == 512);     // second tile of the band
+  CHECK(sc::mx_swizzled_index(128, 0, 8) == 1024);  // next band: after both tiles
+  CHECK(sc::mx_swizzled_index(128, 0, 2) == 512);   // 2 groups pad to one tile a band
+  // Padded grid: 130 rows, 2 groups -> 256 x 4.
+  CHECK(sc::mx_swizzled_numel(130, 64) == 256 * 4);
+  CHECK(sc::mx_swizzled_numel(128, 128) == 128 * 4);
+  CHECK(sc::mx_swizzled_numel(128, 160) == 128 * 8);  // 5 groups pad to 8
+}

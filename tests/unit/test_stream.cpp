@@ -74,7 +74,7 @@ std::string parse_layout(const Bytes& s, std::vector<Frame>& frames) {
   const uint8_t magic[8] = {0x89, 'S', 'T', 'S', 0x0D, 0x0A, 0x1A, 0x0A};
   if (std::memcmp(s.data(), magic, 8) != 0) return "magic";
   if (rd(&s[8], 2) != 1) return "major version";
-  if (rd(&s[10], 2) != 1) return "minor version";  // this writer implements 1.1
+  if (rd(&s[10], 2) != 2) return "minor version";  // this writer implements 1.2
   if (rd(&s[12], 4) != 0) return "preamble reserved";
   if (rd(&s[16], 8) != xxh(s.data(), 16)) return "preamble checksum";
   size_t p = 24;
@@ -429,7 +429,7 @@ TEST_CASE("byte layout follows docs/stream-format.md", "[stream][layout]") {
     const uint8_t magic[8] = {0x89, 0x53, 0x54, 0x53, 0x0D, 0x0A, 0x1A, 0x0A};
     CHECK(std::memcmp(s.data(), magic, 8) == 0);
     CHECK(rd(&s[8], 2) == 1);
-    CHECK(rd(&s[10], 2) == 1);
+    CHECK(rd(&s[10], 2) == 2);
     CHECK(rd(&s[12], 4) == 0);
     CHECK(rd(&s[16], 8) == xxh(s.data(), 16));
     CHECK(fr.front().pos == 24);
@@ -492,7 +492,7 @@ TEST_CASE("byte layout follows docs/stream-format.md", "[stream][layout]") {
     REQUIRE(doc.HasMember("format"));
     CHECK(std::string(doc["format"].GetString()) == "st-stream");
     REQUIRE(doc.HasMember("version"));
-    CHECK(std::string(doc["version"].GetString()) == "1.1");
+    CHECK(std::string(doc["version"].GetString()) == "1.2");
     REQUIRE(doc.HasMember("producer"));
     CHECK(std::string(doc["producer"].GetString()) == m.producer);
     REQUIRE(doc.HasMember("metadata"));
