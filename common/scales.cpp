@@ -348,13 +348,21 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   bool comfy_mxfp8 = false;  // __metadata__.quant_format == "mxfp8" (ComfyUI, as sglang reads it)
   if (m.metadata)
     for (const auto& [k, v] : *m.metadata) comfy_mxfp8 |= k == "quant_format" && v == "mxfp8";
-  std::unordered_set<std::string> used, dropped;
-  std::set<std::string> converted_layers;
+  // Roles by manifest position, a byte each (sets of names would copy
+  // every name of a model that may have a million).
+  enum : uint8_t { kUsed = 1, kDropped = 2, kConverted = 4 };
+  std::vector<uint8_t> role(tensors.size(), 0);
+  auto mark = [&](const std::string& n, uint8_t r) { role[by_name.position(n)] |= r; };
+  std::set<std::string> converted_comfy_layers;  // layers with a comfy_quant marker that are converted
   std::set<std::string> converted_keys;  // their keys in _quantization_metadata
   std::unordered_set<std::string> kept_layers;  // layers in formats we leave as they are
-  auto drop = [&](const std::string& n) {
-    if (dropped.insert(n).second) mt.drop.push_back(n);
-  };
+  auto drop = [&](const std::string& n) { mark(n, kDropped); };
+  {  // room for a pair per FP8 weight at most (U8/I8 may hold FP8 too)
+    size_t most = 0;
+    for (const auto& t : tensors)
+      most += is_fp8_weight_dtype(t.dtype) || ((t.dtype == Dtype::U8 || t.dtype == Dtype::I8) && !is_marker_tensor(t));
+    mt.pairs.reserve(most);
+  }
   auto problem = [&](const char* kind, const std::string& t, std::string detail) {
     mt.problems.push_back({kind, t, std::move(detail)});
   };
@@ -412,7 +420,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       else if (!cands.empty()) {
         problem(kU8WithScale, w.name,
                 std::string(dtype_name(w.dtype)) + " tensor with a scale: if it holds FP8 bytes, pass --u8-as e4m3fn (or e5m2)");
-        for (const auto& c : cands) used.insert(c.scale);
+        for (const auto& c : cands) mark(c.scale, kUsed);
         continue;
       }
     }
@@ -435,7 +443,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     if (cands.size() == 1) {
       const Candidate& c = cands[0];
       const TensorInfo& s = by_name.at(c.scale);
-      used.insert(s.name);
+      mark(s.name, kUsed);
       std::string why;
       std::optional<ScalePairing> got = infer_layout(w.shape, s.shape, block, &why, sizes.group, block_given);
       Dtype scale_format = s.dtype;
@@ -469,7 +477,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       }
       if (got && !c.second.empty()) {
         const TensorInfo& s2 = by_name.at(c.second);
-        used.insert(s2.name);
+        mark(s2.name, kUsed);
         if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype)) {
           got.reset();
           why = "second scale " + s2.name + " is not a single F32/BF16/F16 value";
@@ -487,32 +495,34 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       p.scale2 = c.second;
       p.convention = c.row->name;
       if (c.output != w.name) p.output = c.output;
-      pair = p;
+      pair = std::move(p);
       drop(s.name);
       if (!c.second.empty()) drop(c.second);
     } else {
       problem(kNoScale, w.name, "no scale found; cast with scale 1");
     }
-    mt.pairs.push_back(pair);
-    converted_layers.insert(layer);
-    if (comfy_marked) converted_keys.insert(cf->first);
+    mark(w.name, kConverted);
+    mt.pairs.push_back(std::move(pair));
+    if (comfy_marked) {
+      converted_comfy_layers.insert(layer);
+      converted_keys.insert(cf->first);
+    }
   }
 
   // Everything of a layer left as it is stays, unreported.
   if (!kept_layers.empty())
-    for (const auto& t : tensors) {
-      const auto dot = t.name.rfind('.');
-      if (dot != std::string::npos && kept_layers.count(t.name.substr(0, dot))) used.insert(t.name);
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const auto dot = tensors[i].name.rfind('.');
+      if (dot != std::string::npos && kept_layers.count(tensors[i].name.substr(0, dot))) role[i] |= kUsed;
     }
 
   // ComfyUI markers of converted layers, and activation and KV scales;
   // never a tensor that is converted itself (an FP8 tensor named like one).
-  std::unordered_set<std::string> converted;
-  for (const auto& p : mt.pairs) converted.insert(p.weight);
   auto drop_part = [&](const std::string& n) {
-    if (has(n) && !converted.count(n)) drop(n);
+    if (const long i = by_name.find(n); i >= 0 && !(role[static_cast<size_t>(i)] & kConverted))
+      role[static_cast<size_t>(i)] |= kDropped;
   };
-  for (const auto& layer : converted_layers) drop_part(layer + ".comfy_quant");
+  for (const auto& layer : converted_comfy_layers) drop_part(layer + ".comfy_quant");
 
   if (!mt.pairs.empty())
     for (const auto& t : tensors)
@@ -529,7 +539,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       for (const auto& [k, v] : *m.metadata)
         if (k == "quant_format") mt.metadata_edits.push_back({k, std::nullopt});
     for (const auto& [k, v] : *m.metadata) {
-      if (k != "_quantization_metadata" || converted_layers.empty()) continue;
+      if (k != "_quantization_metadata" || converted_keys.empty()) continue;
       rapidjson::Document d;
       if (!json::parse_json(d, v) || !d.IsObject()) continue;
       auto l = d.FindMember("layers");
@@ -559,8 +569,10 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   }
 
   // Scale-named tensors that no weight took: report them (they pass through).
-  for (const auto& t : tensors) {
-    if (used.count(t.name) || dropped.count(t.name) || !is_weight_scale_name(t.name)) continue;
+  std::vector<int32_t> pair_at;  // weight position -> its pair, made for the first such scale
+  for (size_t ti = 0; ti < tensors.size(); ++ti) {
+    const TensorInfo& t = tensors[ti];
+    if ((role[ti] & (kUsed | kDropped)) || !is_weight_scale_name(t.name)) continue;
     std::string weight;
     for (const auto& row : kConventions) {
       if (!ends_with(t.name, row.scale_suffix)) continue;
@@ -570,9 +582,13 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
         break;
       }
     }
-    const ScalePairing* wp = nullptr;
-    for (const auto& p : mt.pairs)
-      if (p.weight == weight) wp = &p;
+    if (pair_at.empty() && !mt.pairs.empty()) {
+      pair_at.assign(tensors.size(), -1);
+      for (size_t k = 0; k < mt.pairs.size(); ++k) pair_at[by_name.position(mt.pairs[k].weight)] = static_cast<int32_t>(k);
+    }
+    const long wi = weight.empty() ? -1 : by_name.find(weight);
+    const ScalePairing* wp =
+        wi >= 0 && !pair_at.empty() && pair_at[static_cast<size_t>(wi)] >= 0 ? &mt.pairs[static_cast<size_t>(pair_at[static_cast<size_t>(wi)])] : nullptr;
     if (wp)
       problem(kOrphanScale, t.name,
               "not used: its weight " + weight +
@@ -601,22 +617,27 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       drop_part(t.name);
     }
   }
-  // Keep drop in manifest order, for a deterministic stream.
-  std::vector<std::string> ordered;
-  for (const auto& t : tensors)
-    if (dropped.count(t.name)) ordered.push_back(t.name);
-  mt.drop = std::move(ordered);
+  // Drop in manifest order, for a deterministic stream.
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (role[i] & kDropped) mt.drop.push_back(tensors[i].name);
 
-  // Views into m.tensors, mt.pairs and mt.renames (adding a problem moves
-  // none of them).
+  // Output names written twice: every later tensor against the first that
+  // has the name, in output order. Views into m.tensors, mt.pairs and
+  // mt.renames, sorted by name (adding a problem moves none of them).
   const auto names = output_names(m, mt);
-  std::unordered_map<std::string_view, size_t> seen;
-  seen.reserve(names.size());
-  for (const auto& [i, name] : names)
-    if (auto [it, fresh] = seen.emplace(name, i); !fresh)
-      problem(kNameCollision, std::string(name),
-              json::quote(tensors[it->second].name) + " and " + json::quote(tensors[i].name) +
-                  " would both be written as " + json::quote(name));
+  const auto by_out = safetensors::positions_by_name(names.size(), [&](size_t k) { return names[k].second; });
+  std::vector<std::pair<size_t, size_t>> repeats;  // (later, first) positions in names
+  for (size_t k = 1, first = by_out.empty() ? 0 : by_out[0]; k < by_out.size(); ++k) {
+    if (names[by_out[k]].second != names[by_out[k - 1]].second) first = by_out[k];
+    else repeats.emplace_back(by_out[k], first);
+  }
+  std::sort(repeats.begin(), repeats.end());
+  for (const auto& [later, first] : repeats) {
+    const std::string_view name = names[later].second;
+    problem(kNameCollision, std::string(name),
+            json::quote(tensors[names[first].first].name) + " and " + json::quote(tensors[names[later].first].name) +
+                " would both be written as " + json::quote(name));
+  }
   return mt;
 }
 
