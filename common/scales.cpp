@@ -803,20 +803,19 @@ std::vector<size_t> scales_first_order(const std::vector<TensorInfo>& tensors) {
   // Markers; then every candidate scale of any tensor by any row, whether or
   // not its layout fits with the default block size (st-dequant --block may
   // make it fit) and whatever the weight's dtype (--u8-as); then the rest.
-  std::unordered_set<std::string_view> names;  // views: a header may list a million names
-  names.reserve(tensors.size());
-  for (const auto& t : tensors) names.insert(t.name);
+  const stream::NameIndex names(tensors);  // 4 bytes a tensor: a header may list a million names
   auto is_scale = [&](const std::string& n) {
     if (is_weight_scale_name(n)) return true;
     for (const auto& row : kConventions)
       for (const char* suffix : {row.scale_suffix, row.second_suffix}) {
         if (!suffix || !ends_with(n, suffix)) continue;
-        const std::string p = n.substr(0, n.size() - std::string_view(suffix).size());
-        if (names.count(p + row.weight_suffix) && p + row.weight_suffix != n) return true;
+        const std::string w = n.substr(0, n.size() - std::string_view(suffix).size()) + row.weight_suffix;
+        if (w != n && names.find(w) >= 0) return true;
       }
     return false;
   };
   std::vector<size_t> order;
+  order.reserve(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i)
     if (is_marker_tensor(tensors[i])) order.push_back(i);
   for (size_t i = 0; i < tensors.size(); ++i)

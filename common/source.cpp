@@ -33,6 +33,11 @@ std::vector<stream::TensorInfo> infos_of(const safetensors::Header& h, const std
 // Indices (file order) of the tensors --include/--exclude select; tensors
 // that belong to another follow its selection.
 std::vector<size_t> select(const std::vector<stream::TensorInfo>& all, const ListOptions& opt) {
+  if (opt.include.empty() && opt.exclude.empty()) {  // all of them; no map of owners to build
+    std::vector<size_t> every(all.size());
+    for (size_t i = 0; i < every.size(); ++i) every[i] = i;
+    return every;
+  }
   const auto owner = scales::owners(all);
   auto chosen = [&](const std::string& n) {
     return (opt.include.empty() || matches_any(opt.include, n)) && !matches_any(opt.exclude, n);
