@@ -126,6 +126,12 @@ bool parse_json(rapidjson::Document& doc, std::string_view text) {
   return !doc.HasParseError() && strings_valid_utf8(doc);
 }
 
+bool parse_json_in_place(rapidjson::Document& doc, std::string& text) {
+  if (text.find('\0') != std::string::npos || !within_depth(text)) return false;
+  doc.ParseInsitu<rapidjson::kParseIterativeFlag>(text.data());
+  return !doc.HasParseError() && strings_valid_utf8(doc);
+}
+
 std::string quote(std::string_view s) {
   std::string out = "'";
   for (unsigned char c : s) {

@@ -39,6 +39,10 @@ bool strings_valid_utf8(const rapidjson::Value& v);
 // false on a syntax error, too deep a document, or text or a decoded string
 // (escapes included) that is not valid UTF-8.
 bool parse_json(rapidjson::Document& doc, std::string_view text);
+// The same, parsing `text` in place: the document's strings point into it
+// (no copy of every string of an index that may list a million tensors),
+// so `text` must outlive `doc`. A NUL byte in it is an error.
+bool parse_json_in_place(rapidjson::Document& doc, std::string& text);
 
 // Quoted for messages: 'name' with control characters escaped.
 std::string quote(std::string_view s);

@@ -5,15 +5,18 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
+#include <cstdint>
 #include <fstream>
-#include <sstream>
+#include <iterator>
+#include <map>
 #include <string_view>
-#include <unordered_map>
 
 #include "error.hpp"
 #include "io.hpp"
 #include "json_util.hpp"
 #include "paths.hpp"
+#include "safetensors.hpp"
 
 namespace st::model_input {
 
@@ -63,36 +66,52 @@ std::string shard_name_problem(const std::string& index, const std::string& name
 ModelInput read_index(const std::string& index, std::vector<std::string>* problems) {
   std::ifstream f(index, std::ios::binary);
   if (!f) fail(index + ": cannot open: " + io::errno_text(errno));
-  std::stringstream text;
-  text << f.rdbuf();
-  rapidjson::Document doc;
-  if (!json::parse_json(doc, text.str()) || !doc.IsObject()) fail(index + ": not a valid JSON object");
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) fail(index + ": cannot read: " + io::errno_text(errno));
+  rapidjson::Document doc;  // its strings point into text
+  if (!json::parse_json_in_place(doc, text) || !doc.IsObject()) fail(index + ": not a valid JSON object");
   auto wm = doc.FindMember("weight_map");
   if (wm == doc.MemberEnd() || !wm->value.IsObject()) fail(index + ": no weight_map object");
   ModelInput in;
   in.index = index;
   in.dir = paths::dir_name(index);
-  std::vector<std::string> shards;
-  std::unordered_map<std::string, bool> seen;
+  // A handful of shard names for up to a million tensors: each entry keeps
+  // its shard's number, renumbered in name order at the end.
+  std::map<std::string, uint32_t> shard_ids;  // shard name -> first-seen number
+  std::vector<std::string> shard_names;
+  in.weight_map.reserve(wm->value.MemberCount());
   for (auto it = wm->value.MemberBegin(); it != wm->value.MemberEnd(); ++it) {
-    const std::string tensor(it->name.GetString(), it->name.GetStringLength());
+    std::string tensor(it->name.GetString(), it->name.GetStringLength());
     if (!it->value.IsString()) fail(index + ": weight_map entry " + json::quote(tensor) + " is not a file name");
     const std::string shard(it->value.GetString(), it->value.GetStringLength());
-    if (const std::string why = shard_name_problem(index, shard); !why.empty()) {
-      if (!problems) fail(why);
-      problems->push_back(why);
-      continue;
+    auto [sid, fresh] = shard_ids.emplace(shard, static_cast<uint32_t>(shard_names.size()));
+    if (fresh) {
+      if (const std::string why = shard_name_problem(index, shard); !why.empty()) {
+        if (!problems) fail(why);
+        problems->push_back(why);
+        sid->second = UINT32_MAX;  // unusable: its entries are left out (reported once)
+        continue;
+      }
+      shard_names.push_back(shard);
     }
-    if (seen.count(tensor)) fail(index + ": weight_map lists " + json::quote(tensor) + " twice");
-    seen[tensor] = true;
-    const std::string path = paths::join(in.dir, shard);
-    in.weight_map.emplace_back(tensor, path);
-    shards.push_back(path);
+    if (sid->second == UINT32_MAX) continue;
+    in.weight_map.emplace_back(std::move(tensor), sid->second);
   }
-  if (shards.empty()) fail(index + ": weight_map names no usable shard");
-  std::sort(shards.begin(), shards.end());
-  shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
-  in.files = std::move(shards);
+  if (shard_names.empty()) fail(index + ": weight_map names no usable shard");
+  // Repeated keys: found by sorting positions, not with a set of every name.
+  if (const auto r = safetensors::first_repeat(in.weight_map.size(),
+                                               [&](size_t i) -> const std::string& { return in.weight_map[i].first; }))
+    fail(index + ": weight_map lists " + json::quote(in.weight_map[r->second].first) + " twice");
+  std::vector<uint32_t> by_name(shard_names.size());
+  for (uint32_t k = 0; k < by_name.size(); ++k) by_name[k] = k;
+  std::sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) { return shard_names[a] < shard_names[b]; });
+  std::vector<uint32_t> renumber(shard_names.size());
+  for (uint32_t k = 0; k < by_name.size(); ++k) {
+    renumber[by_name[k]] = k;
+    in.files.push_back(paths::join(in.dir, shard_names[by_name[k]]));
+  }
+  for (auto& e : in.weight_map) e.second = renumber[e.second];
+  in.map_files = in.files;
   return in;
 }
 
@@ -148,9 +167,14 @@ std::vector<std::string> index_problems(const ModelInput& in, const std::vector<
   listed.reserve(in.weight_map.size());
   for (const auto& [tensor, file] : in.weight_map) listed.push_back(tensor);
   std::sort(listed.begin(), listed.end());
-  for (const auto& [tensor, file] : in.weight_map) {
+  std::vector<bool> exists(in.map_files.size());
+  for (size_t k = 0; k < exists.size(); ++k) {
     struct stat sb;
-    if (::stat(file.c_str(), &sb) != 0) continue;  // a missing shard is reported once, by missing_shards
+    exists[k] = ::stat(in.map_files[k].c_str(), &sb) == 0;
+  }
+  for (const auto& [tensor, id] : in.weight_map) {
+    if (!exists[id]) continue;  // a missing shard is reported once, by missing_shards
+    const std::string& file = in.map_files[id];
     const std::string_view t(tensor);
     auto it = std::lower_bound(where.begin(), where.end(), t, [](const auto& e, std::string_view n) { return e.first < n; });
     if (it == where.end() || it->first != t)

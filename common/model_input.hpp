@@ -4,6 +4,7 @@
 // against the shards it names. Nothing here reads tensor data.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,8 +15,10 @@ struct ModelInput {
   std::vector<std::string> files;  // in stream order (an index's shards: name order)
   std::string dir;                 // the model folder when a folder or an index was given
   std::string index;               // the index file, or ""
-  // tensor -> shard file (a path as in `files`), in the index's order
-  std::vector<std::pair<std::string, std::string>> weight_map;
+  // tensor -> shard file (an index into map_files), in the index's order:
+  // a million entries need not each hold a copy of a path.
+  std::vector<std::pair<std::string, uint32_t>> weight_map;
+  std::vector<std::string> map_files;  // the index's shards as paths; `files` before any is left out
   bool several() const { return files.size() > 1 || !index.empty(); }
 };
 
