@@ -86,6 +86,24 @@ void key(W& w, std::string_view s) { w.Key(s.data(), static_cast<rapidjson::Size
 
 [[noreturn]] void bad(const std::string& what) { fail("invalid manifest: " + what); }
 
+// A key that one object of `v` has twice (readers differ on which wins:
+// RFC 8259 leaves it open), or nullopt. Depth is bounded by the parser.
+std::optional<std::string> repeated_key(const Value& v) {
+  if (v.IsObject()) {
+    std::vector<std::string_view> keys;
+    for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it)
+      keys.emplace_back(it->name.GetString(), it->name.GetStringLength());
+    std::sort(keys.begin(), keys.end());
+    if (auto r = std::adjacent_find(keys.begin(), keys.end()); r != keys.end()) return std::string(*r);
+    for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it)
+      if (auto k = repeated_key(it->value)) return k;
+  } else if (v.IsArray()) {
+    for (const Value& e : v.GetArray())
+      if (auto k = repeated_key(e)) return k;
+  }
+  return std::nullopt;
+}
+
 const Value& member(const Value& obj, const char* name, const std::string& where) {
   auto it = obj.FindMember(name);
   if (it == obj.MemberEnd()) bad(where + " has no '" + name + "'");
@@ -193,9 +211,14 @@ class ManifestHandler {
     }
     const std::string_view k(str, n);
     if (!json::valid_utf8(k)) return fail_utf8();
-    if (skip_ == 0 && level_ == 2)
+    if (skip_ == 0 && level_ == 2) {
       field_ = k == "name" ? Field::Name : k == "dtype" ? Field::Dtype : k == "shape" ? Field::Shape
              : k == "nbytes" ? Field::Nbytes : k == "source" ? Field::Source : Field::Other;
+      // Readers differ on which of two equal keys wins (RFC 8259 leaves it
+      // open), so a repeated one is an error, as in safetensors headers.
+      if (const TensorFields::Got* got = got_of(field_); got && *got != TensorFields::Got::Absent)
+        return fail("a tensor entry has the key " + json::quote(k) + " twice");
+    }
     return true;
   }
   bool StartObject() {
@@ -268,9 +291,13 @@ class ManifestHandler {
     return true;
   }
 
+  TensorFields::Got* got_of(Field f) {
+    return f == Field::Name ? &cur_.name : f == Field::Dtype ? &cur_.dtype : f == Field::Shape ? &cur_.shape
+         : f == Field::Nbytes ? &cur_.nbytes : f == Field::Source ? &cur_.source : nullptr;
+  }
   template <class F>
   void set(TensorFields::Got& got, F&& assign) {
-    if (got != TensorFields::Got::Absent) return;  // the first of duplicate keys counts, as FindMember
+    if (got != TensorFields::Got::Absent) return;  // a repeated key fails in Key() first
     got = TensorFields::Got::Ok;
     assign();
   }
@@ -284,9 +311,7 @@ class ManifestHandler {
       cur_.shape_element_wrong = true;
       return true;
     }
-    TensorFields::Got* got = field_ == Field::Name ? &cur_.name : field_ == Field::Dtype ? &cur_.dtype
-                           : field_ == Field::Shape ? &cur_.shape : field_ == Field::Nbytes ? &cur_.nbytes
-                           : field_ == Field::Source ? &cur_.source : nullptr;
+    TensorFields::Got* got = got_of(field_);
     if (got && *got == TensorFields::Got::Absent) *got = TensorFields::Got::Wrong;
     return true;
   }
@@ -615,6 +640,7 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
   }
   if (!json::strings_valid_utf8(doc)) bad("a string escape is not valid UTF-8 (lone surrogate)");
   if (!doc.IsObject()) bad("not a JSON object");
+  if (const auto k = repeated_key(doc)) bad("an object has the key " + json::quote(*k) + " twice");
   if (get_string(member(doc, "format", "manifest"), "format") != "st-stream") bad("format is not 'st-stream'");
 
   arrived.move_into(m.tensors);
@@ -645,6 +671,18 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
   if (auto it = doc.FindMember("shards"); it != doc.MemberEnd()) {
     if (!it->value.IsArray()) bad("shards is not an array");
     for (const Value& f : it->value.GetArray()) m.shards.push_back(get_string(f, "a shard"));
+    // Each tensor's source is one of them (§5): st-pack --keep-sharding
+    // makes one output file per source.
+    std::vector<std::string_view> files(m.shards.begin(), m.shards.end());
+    std::sort(files.begin(), files.end());
+    const std::string* last = nullptr;
+    for (const auto& t : m.tensors) {
+      const std::string& s = t.source.str();
+      if (s.empty() || (last && *last == s)) continue;
+      if (!std::binary_search(files.begin(), files.end(), std::string_view(s)))
+        bad("tensor " + json::quote(t.name) + " has source " + json::quote(s) + ", which is not one of shards");
+      last = &s;
+    }
   }
   if (auto it = doc.FindMember("model_dir"); it != doc.MemberEnd()) m.model_dir = get_string(it->value, "model_dir");
   if (auto it = doc.FindMember("converted_to"); it != doc.MemberEnd()) {

@@ -32,9 +32,12 @@ constexpr int kSignals[] = {SIGINT, SIGTERM, SIGHUP};
 struct sigaction g_old[3];
 bool g_installed[3];
 
+char* g_made_dir = nullptr;  // an OutputFolder made here, removed after the temporaries if empty
+
 extern "C" void on_signal(int sig) {
   for (char*& p : g_temps)
     if (p) ::unlink(p);
+  if (g_made_dir) ::rmdir(g_made_dir);  // fails harmlessly if something is in it
   ::signal(sig, SIG_DFL);
   ::raise(sig);
 }
@@ -92,6 +95,33 @@ void restore_handlers() {
 }
 
 }  // namespace
+
+OutputFolder::OutputFolder(const std::string& dir) : dir_(dir) {
+  if (dir.empty()) return;
+  struct stat sb;
+  if (::stat(dir.c_str(), &sb) == 0) {
+    if (!S_ISDIR(sb.st_mode)) fail(dir + ": exists and is not a folder");
+    return;
+  }
+  const SignalBlock blocked;  // no signal between making it and registering it
+  char* path = ::strdup(dir.c_str());
+  if (!path) fail(dir + ": out of memory");
+  if (::mkdir(dir.c_str(), 0777) != 0) {
+    const int err = errno;
+    std::free(path);
+    fail(dir + ": cannot create the output folder: " + errno_text(err));
+  }
+  g_made_dir = path;
+}
+
+OutputFolder::~OutputFolder() {
+  const SignalBlock blocked;
+  if (g_made_dir && dir_ == g_made_dir) {
+    if (!keep_) ::rmdir(g_made_dir);  // fails harmlessly if not empty
+    std::free(g_made_dir);
+    g_made_dir = nullptr;
+  }
+}
 
 void check_free_space(const std::string& dir, uint64_t bytes, const std::string& what) {
   struct statvfs fs;

@@ -97,6 +97,23 @@ class SignalsHeld {
   sigset_t old_;
 };
 
+// The folder of a sharded output: made here when it does not exist (its
+// parent must), and then removed again, if still empty, when the run fails
+// or a signal ends it (the signal handler removes it after the temporary
+// files); keep() once the files are in place. "" does nothing.
+class OutputFolder {
+ public:
+  explicit OutputFolder(const std::string& dir);
+  ~OutputFolder();
+  void keep() { keep_ = true; }
+  OutputFolder(const OutputFolder&) = delete;
+  OutputFolder& operator=(const OutputFolder&) = delete;
+
+ private:
+  std::string dir_;
+  bool keep_ = false;
+};
+
 // Fails, naming `what`, when the filesystem of `dir` has fewer than `bytes`
 // free (for a set of files: each file's reserve() alone cannot see the sum
 // where space is not preallocated, e.g. on macOS).

@@ -410,30 +410,6 @@ std::vector<std::string> planned_files(const OutputPlan& p) {
   return files;
 }
 
-// Creates the output folder if needed (its parent must exist); removes it
-// again on failure when it was created here and is still empty.
-class OutputDir {
- public:
-  explicit OutputDir(const std::string& dir) : dir_(dir) {
-    if (dir.empty()) return;
-    struct stat sb;
-    if (::stat(dir.c_str(), &sb) == 0) {
-      if (!S_ISDIR(sb.st_mode)) fail(dir + ": exists and is not a folder");
-      return;
-    }
-    if (::mkdir(dir.c_str(), 0777) != 0) fail(dir + ": cannot create the output folder: " + io::errno_text(errno));
-    created_ = true;
-  }
-  ~OutputDir() {
-    if (created_ && !keep_) ::rmdir(dir_.c_str());  // fails harmlessly if not empty
-  }
-  void keep() { keep_ = true; }
-
- private:
-  std::string dir_;
-  bool created_ = false;
-  bool keep_ = false;
-};
 
 }  // namespace
 
@@ -495,7 +471,7 @@ Result run(stream::Reader& in, const Options& opt) {
   const stream::Manifest& m = in.manifest();
   const OutputPlan p = plan_outputs(m, opt);
   check_plan(m, opt, p);  // every file of the set, before any data is read
-  OutputDir dir(p.dir);
+  io::OutputFolder dir(p.dir);
   if (!p.dir.empty()) {  // the whole set at once (each file also reserves its own space)
     uint64_t set_bytes = 0;
     for (const auto& sh : p.shards) set_bytes += sh.size();

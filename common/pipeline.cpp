@@ -71,6 +71,8 @@ void convert(const std::string& input, const dequant::Options& dq, const pack::O
   // when the manifest arrives, before any data).
   if (pk.output != "-" && !pack::sharded(pk)) io::check_output_path(pk.output, pk.overwrite);
   const source::SafetensorsSource src(input);       // a bad header fails here, with nothing started
+  // The input as the output, too, before a stage starts (and warns).
+  if (pk.output != "-" && !pack::sharded(pk)) pack::refuse_source_as_output(src.manifest(), pk.output);
   ::signal(SIGPIPE, SIG_IGN);  // a stage that dies must not kill the process: its error is reported
   // SIGINT, SIGTERM and SIGHUP go to the pack thread only: its temporary
   // files are removed by the handler in the thread that owns them, and while

@@ -1070,6 +1070,15 @@ TEST_CASE("1.1 model fields survive the manifest round trip", "[stream][manifest
     CHECK_THROWS(stream::decode_manifest(
         R"({"format":"st-stream","version":"1.1","producer":"p","metadata":null,"tensors":[],"shards":"x"})"));
   }
+  SECTION("with shards, each tensor's source is one of them (an absent source is unknown)") {
+    const std::string head = R"({"format":"st-stream","producer":"p","metadata":null,"shards":["/m/a","/m/b"],"tensors":[)";
+    const std::string t1 = R"({"name":"x","dtype":"U8","shape":[1],"nbytes":1,"source":"/m/b"})";
+    const std::string t2 = R"({"name":"y","dtype":"U8","shape":[1],"nbytes":1})";
+    CHECK(stream::decode_manifest(head + t1 + "," + t2 + "]}").tensors.size() == 2);
+    CHECK_THROWS_WITH(
+        stream::decode_manifest(head + t1 + R"(,{"name":"z","dtype":"U8","shape":[1],"nbytes":1,"source":"/m/c"}]})"),
+        Catch::Contains("tensor 'z' has source '/m/c', which is not one of shards"));
+  }
 }
 
 TEST_CASE("manifest tensor entries: any field order, unknown fields skipped, each error named", "[stream][manifest]") {
@@ -1083,7 +1092,7 @@ TEST_CASE("manifest tensor entries: any field order, unknown fields skipped, eac
     const auto m = stream::decode_manifest(with(
         R"([{"nbytes":12,"x":{"a":[1,{"b":[]}],"shape":"no"},"shape":[3,2],"source":"s.safetensors","dtype":"BF16","name":"b"},)"
         R"({"name":"a","dtype":"F8_E4M3","shape":[],"nbytes":1,"y":[[["deep"]]],"z":null},)"
-        R"({"name":"c","name":"ignored","dtype":"U8","shape":[0,5],"nbytes":0}])",
+        R"({"name":"c","dtype":"U8","shape":[0,5],"nbytes":0}])",
         R"(,"later":{"tensors":[1,2]})"));
     REQUIRE(m.tensors.size() == 3);
     CHECK(m.tensors[0].name == "b");
@@ -1094,7 +1103,7 @@ TEST_CASE("manifest tensor entries: any field order, unknown fields skipped, eac
     CHECK(m.tensors[1].name == "a");
     CHECK(m.tensors[1].shape.empty());
     CHECK(m.tensors[1].source.empty());
-    CHECK(m.tensors[2].name == "c");  // the first of repeated keys, as a DOM lookup finds it
+    CHECK(m.tensors[2].name == "c");
     CHECK(stream::decode_manifest(with("[]")).tensors.empty());
   }
   SECTION("refused, with the reason") {
@@ -1121,6 +1130,14 @@ TEST_CASE("manifest tensor entries: any field order, unknown fields skipped, eac
         {with(R"([{"name":"t","dtype":"U8","shape":[1],"nbytes":1},{"name":"t","dtype":"U8","shape":[1],"nbytes":1}])"),
          "duplicate tensor name 't'"},
         {with("[]", R"(,"tensors":[])"), "tensors appears twice"},
+        // Repeated keys: readers differ on which wins (RFC 8259), so none is chosen.
+        {with(R"([{"name":"c","name":"other","dtype":"U8","shape":[1],"nbytes":1}])"),
+         "a tensor entry has the key 'name' twice"},
+        {with(R"([{"name":"c","dtype":"U8","shape":[1],"shape":[1],"nbytes":1}])"),
+         "a tensor entry has the key 'shape' twice"},
+        {with("[]", R"(,"producer":"q")"), "an object has the key 'producer' twice"},
+        {R"({"format":"st-stream","producer":"p","metadata":{"k":"1","k":"2"},"tensors":[]})",
+         "an object has the key 'k' twice"},
         {with(R"([{"name":"t","dtype":"U8","shape":[1],"nbytes":1,"source":"\udc00"}])"), "not valid UTF-8"},
     };
     for (const auto& [json, why] : cases) {
