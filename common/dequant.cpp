@@ -103,8 +103,9 @@ stream::Manifest output_fields(const stream::Manifest& m, const stream::Matching
   // Only a model whose FP8 weights were all converted loses its
   // quantization_config (st-pack's config.json): none converted, or layers
   // left in a format we do not convert, keep the config as it was.
-  const bool left_quantized = std::any_of(mt.problems.begin(), mt.problems.end(),
-                                          [](const auto& p) { return p.kind == scales::kUnconverted; });
+  const bool left_quantized = std::any_of(mt.problems.begin(), mt.problems.end(), [](const auto& p) {
+    return p.kind == scales::kUnconverted || p.kind == scales::kU8WithScale;  // as the matcher's quant_format rule
+  });
   if (!mt.pairs.empty() && !left_quantized) om.converted_to = fp8::target_dtype(target);
   if (om.metadata)
     for (const auto& e : mt.metadata_edits) {

@@ -1,6 +1,8 @@
 #include "json_util.hpp"
 
 #include <cstdio>
+#include <set>
+#include <vector>
 
 namespace st::json {
 
@@ -124,6 +126,22 @@ bool parse_json(rapidjson::Document& doc, std::string_view text) {
   if (!within_depth(text)) return false;
   doc.Parse<rapidjson::kParseIterativeFlag>(text.data(), text.size());
   return !doc.HasParseError() && strings_valid_utf8(doc);
+}
+
+void keep_last_of_repeated_keys(rapidjson::Value& v) {
+  if (v.IsArray()) {
+    for (auto& e : v.GetArray()) keep_last_of_repeated_keys(e);
+    return;
+  }
+  if (!v.IsObject()) return;
+  for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it) keep_last_of_repeated_keys(it->value);
+  std::set<std::string> later;  // keys of the members after the one looked at
+  std::vector<rapidjson::SizeType> earlier;  // members a later one repeats, last first
+  for (rapidjson::SizeType i = v.MemberCount(); i-- > 0;) {
+    const auto& name = (v.MemberBegin() + i)->name;
+    if (!later.emplace(name.GetString(), name.GetStringLength()).second) earlier.push_back(i);
+  }
+  for (rapidjson::SizeType i : earlier) v.EraseMember(v.MemberBegin() + i);  // highest first: indices stay valid
 }
 
 bool parse_json_in_place(rapidjson::Document& doc, std::string& text) {

@@ -39,6 +39,9 @@ bool strings_valid_utf8(const rapidjson::Value& v);
 // false on a syntax error, too deep a document, or text or a decoded string
 // (escapes included) that is not valid UTF-8.
 bool parse_json(rapidjson::Document& doc, std::string_view text);
+// Removes every member of an object (at any depth) whose key a later member
+// of the same object has: the last one counts, as Python's json reads it.
+void keep_last_of_repeated_keys(rapidjson::Value& v);
 // The same, parsing `text` in place: the document's strings point into it
 // (no copy of every string of an index that may list a million tensors),
 // so `text` must outlive `doc`. A NUL byte in it is an error.

@@ -39,6 +39,9 @@ std::string read_quantization_config(const std::string& model_path) {
   rapidjson::Document doc;
   if (!json::parse_json(doc, text.str()) || !doc.IsObject())
     fail(path + ": not valid JSON (it holds the model's quantization settings)");
+  // A key written twice: the last counts, as transformers (Python's json)
+  // reads it, and the stream's manifest may not repeat a key.
+  json::keep_last_of_repeated_keys(doc);
   auto it = doc.FindMember("quantization_config");
   if (it == doc.MemberEnd() || !it->value.IsObject()) return "";
   rapidjson::StringBuffer sb2;

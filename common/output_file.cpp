@@ -27,7 +27,7 @@ namespace {
 // temporary file per shard.
 constexpr size_t kMaxTemps = 4096;
 char* g_temps[kMaxTemps];
-size_t g_open_temps = 0;  // handlers are installed while this is non-zero
+size_t g_open_temps = 0;  // temporary files and made folders; handlers are installed while non-zero
 constexpr int kSignals[] = {SIGINT, SIGTERM, SIGHUP};
 struct sigaction g_old[3];
 bool g_installed[3];
@@ -112,6 +112,10 @@ OutputFolder::OutputFolder(const std::string& dir) : dir_(dir) {
     fail(dir + ": cannot create the output folder: " + errno_text(err));
   }
   g_made_dir = path;
+  // The handlers stay installed while it is registered, also before the
+  // first temporary file and after the last.
+  if (g_open_temps == 0) install_handlers();
+  ++g_open_temps;
 }
 
 OutputFolder::~OutputFolder() {
@@ -120,6 +124,7 @@ OutputFolder::~OutputFolder() {
     if (!keep_) ::rmdir(g_made_dir);  // fails harmlessly if not empty
     std::free(g_made_dir);
     g_made_dir = nullptr;
+    if (--g_open_temps == 0) restore_handlers();
   }
 }
 

@@ -421,6 +421,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
         problem(kU8WithScale, w.name,
                 std::string(dtype_name(w.dtype)) + " tensor with a scale: if it holds FP8 bytes, pass --u8-as e4m3fn (or e5m2)");
         for (const auto& c : cands) mark(c.scale, kUsed);
+        kept_layers.insert(layer);  // left as it is, with its activation scales
         continue;
       }
     }
@@ -741,8 +742,14 @@ void validate(const stream::Manifest& m, const Matching& mt) {
   auto has = [&](const std::string& name) { return index.find(name) >= 0; };
   for (size_t i = 0; i < n; ++i) {
     const TensorInfo& t = m.tensors[i];
-    if (is_fp8_weight_dtype(t.dtype) && !weight[i] && !left[i] && !dropped[i] && !never_a_weight(t, has))
-      fail("stream matching has no entry for FP8 tensor " + json::quote(t.name));
+    if (is_fp8_weight_dtype(t.dtype) && !weight[i] && !left[i] && !dropped[i] && !never_a_weight(t, has)) {
+      // st-scales before stream 1.2 refused a weight with several
+      // candidate scales and paired nothing for it.
+      const bool refused = std::any_of(mt.problems.begin(), mt.problems.end(),
+                                       [&](const MatchProblem& p) { return p.kind == kAmbiguous && p.tensor == t.name; });
+      fail("stream matching has no entry for FP8 tensor " + json::quote(t.name) +
+           (refused ? " (several candidate scales, recorded by an older st-scales: run st-scales again)" : ""));
+    }
   }
   const auto out = output_names(m, mt);
   if (const auto r = safetensors::first_repeat(out.size(), [&](size_t k) { return out[k].second; }))
@@ -894,7 +901,7 @@ void print_report(std::ostream& out, const stream::Manifest& m, const Matching& 
   const Counts c = count(mt);
   out << '\n' << "FP8 weights: " << c.scaled + c.unscaled + c.fatal << " (" << c.scaled << " with a scale, " << c.unscaled
       << " without";
-  if (c.fatal) out << ", " << c.fatal << " with an unusable or ambiguous scale";
+  if (c.fatal) out << ", " << c.fatal << " with an unusable scale";
   out << ")\n";
   for (const auto& [name, n] : c.by_convention) out << "  " << name << ": " << n << '\n';
   if (!mt.pairs.empty()) {
