@@ -93,19 +93,28 @@ std::vector<uint32_t> positions_by_name(size_t n, NameOf name_of) {
   return by_name;
 }
 
-// The first repeat in position order of a name among name_of(0..n-1): the
-// earliest position whose name an earlier one had, and that earlier one
-// (the first to have it). Found by sorting positions, not with a set.
+// Every position whose name an earlier position had, as (that later
+// position, the first position with the name), in position order. Found by
+// sorting positions, not with a set.
+template <class NameOf>
+std::vector<std::pair<size_t, size_t>> repeats_by_name(size_t n, NameOf name_of) {
+  const std::vector<uint32_t> by_name = positions_by_name(n, name_of);
+  std::vector<std::pair<size_t, size_t>> repeats;
+  for (size_t k = 1, first = by_name.empty() ? 0 : by_name[0]; k < by_name.size(); ++k) {
+    if (name_of(by_name[k]) != name_of(by_name[k - 1])) first = by_name[k];
+    else repeats.emplace_back(by_name[k], first);
+  }
+  std::sort(repeats.begin(), repeats.end());
+  return repeats;
+}
+
+// The first repeat in position order of a name among name_of(0..n-1), as
+// (the first position with the name, the repeater), or nullopt.
 template <class NameOf>
 std::optional<std::pair<size_t, size_t>> first_repeat(size_t n, NameOf name_of) {
-  const std::vector<uint32_t> by_name = positions_by_name(n, name_of);
-  std::optional<std::pair<size_t, size_t>> found;  // (first holder, repeater)
-  size_t first = 0;
-  for (size_t k = 0; k < by_name.size(); ++k) {
-    if (k == 0 || name_of(by_name[k]) != name_of(by_name[k - 1])) first = by_name[k];
-    else if (!found || by_name[k] < found->second) found = std::pair<size_t, size_t>(first, by_name[k]);
-  }
-  return found;
+  const auto repeats = repeats_by_name(n, name_of);
+  if (repeats.empty()) return std::nullopt;
+  return std::pair<size_t, size_t>(repeats.front().second, repeats.front().first);
 }
 
 // A name that `n` tensors (name_of(i) for i < n) share, or nullptr: the

@@ -607,15 +607,19 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   // is used (fp8-conventions §0, §13.5). Kept: those of a layer left as it
   // is, or whose non-FP8 weight has a scale (both pass through, as reported).
   if (!opt.keep_scales && !mt.pairs.empty()) {
+    // A name's parent and last part, as views: "a.b.k_scale" is "a.b" and
+    // "k_scale"; "k_scale" is "" and itself.
+    auto split_last = [](std::string_view n) {
+      const auto dot = n.rfind('.');
+      return dot == std::string_view::npos ? std::pair(std::string_view(), n) : std::pair(n.substr(0, dot), n.substr(dot + 1));
+    };
     std::unordered_set<std::string> keep = kept_layers;
     for (const auto& p : mt.problems)
-      if (p.kind == kNonFp8Weight) keep.insert(p.tensor.substr(0, p.tensor.rfind('.') == std::string::npos ? 0 : p.tensor.rfind('.')));
+      if (p.kind == kNonFp8Weight) keep.emplace(split_last(p.tensor).first);
     for (const auto& t : tensors) {
-      const auto dot = t.name.rfind('.');
-      const std::string_view last = dot == std::string::npos ? std::string_view(t.name) : std::string_view(t.name).substr(dot + 1);
+      const auto [parent, last] = split_last(t.name);
       if (std::find(std::begin(kActivationScales), std::end(kActivationScales), last) == std::end(kActivationScales)) continue;
-      if (keep.count(dot == std::string::npos ? std::string() : t.name.substr(0, dot))) continue;
-      drop_part(t.name);
+      if (!keep.count(std::string(parent))) drop_part(t.name);
     }
   }
   // Drop in manifest order, for a deterministic stream.
@@ -626,13 +630,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   // has the name, in output order. Views into m.tensors, mt.pairs and
   // mt.renames, sorted by name (adding a problem moves none of them).
   const auto names = output_names(m, mt);
-  const auto by_out = safetensors::positions_by_name(names.size(), [&](size_t k) { return names[k].second; });
-  std::vector<std::pair<size_t, size_t>> repeats;  // (later, first) positions in names
-  for (size_t k = 1, first = by_out.empty() ? 0 : by_out[0]; k < by_out.size(); ++k) {
-    if (names[by_out[k]].second != names[by_out[k - 1]].second) first = by_out[k];
-    else repeats.emplace_back(by_out[k], first);
-  }
-  std::sort(repeats.begin(), repeats.end());
+  const auto repeats = safetensors::repeats_by_name(names.size(), [&](size_t k) { return names[k].second; });
   for (const auto& [later, first] : repeats) {
     const std::string_view name = names[later].second;
     problem(kNameCollision, std::string(name),

@@ -231,15 +231,9 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
 // reported and left out, the first one kept. Found by sorting positions (4
 // bytes a tensor), not with a map of every name; reported in file order.
 void SafetensorsSource::drop_repeated_tensors(std::vector<stream::TensorInfo>& all, std::vector<Ref>& refs) {
-  const std::vector<uint32_t> by_name =
-      safetensors::positions_by_name(all.size(), [&](size_t i) -> const std::string& { return all[i].name; });
-  std::vector<std::pair<uint32_t, uint32_t>> repeats;  // (a later copy, the first)
-  for (size_t k = 1, first = 0; k < by_name.size(); ++k) {
-    if (all[by_name[k]].name != all[by_name[first]].name) first = k;
-    else repeats.emplace_back(by_name[k], by_name[first]);
-  }
+  const auto repeats =  // (a later copy, the first), in file order
+      safetensors::repeats_by_name(all.size(), [&](size_t i) -> const std::string& { return all[i].name; });
   if (repeats.empty()) return;
-  std::sort(repeats.begin(), repeats.end());
   for (const auto& [later, first] : repeats) {
     const std::string msg = input_.files[refs[later].shard] + ": tensor " + json::quote(all[later].name) + " is also in " +
                             input_.files[refs[first].shard] + "; a model holds each tensor once";
