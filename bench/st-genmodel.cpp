@@ -63,20 +63,31 @@ void fill(const Spec& s, uint8_t* p, size_t n, uint64_t index_in_tensor) {
 
 int main(int argc, char** argv) {
   return st::cli::run("st-genmodel", [&] {
-    auto o = st::cli::make_options("st-genmodel", "Write a FLUX-shaped FP8 test model.");
-    o.add_options()("hidden", "hidden size H", cxxopts::value<uint64_t>()->default_value("3072"))(
-        "blocks", "number of blocks (overrides --gib)", cxxopts::value<uint64_t>())(
-        "gib", "approximate size in GiB", cxxopts::value<double>()->default_value("1"))(
-        "f,force", "replace OUT")("out", "output file", cxxopts::value<std::string>());
-    o.parse_positional({"out"});
-    o.positional_help("OUT");
-    const auto r = st::cli::parse(o, argc, argv);
+    st::cli::Options o("st-genmodel", "Write a FLUX-shaped FP8 test model.");
+    o.value("hidden", "hidden size H", "N", "3072");
+    o.value("blocks", "number of blocks (overrides --gib)", "N");
+    o.value("gib", "approximate size in GiB", "GIB", "1");
+    o.flag("f,force", "replace OUT");
+    o.value("out", "output file", "");
+    o.operands({"out"}, "OUT");
+    const auto r = o.parse(argc, argv);
     if (st::cli::handle_help_version(o, r, "")) return 0;
     if (!r.count("out")) st::usage_error("no output file given");
-    const uint64_t h = r["hidden"].as<uint64_t>();
+    const auto number = [&](const char* name) {  // a positive number, or a usage error
+      const std::string& v = r.str(name);
+      size_t used = 0;
+      double x = 0;
+      try {
+        x = std::stod(v, &used);
+      } catch (const std::exception&) {
+      }
+      if (used != v.size() || !(x > 0)) st::usage_error(std::string("--") + name + " must be a positive number, not '" + v + "'");
+      return x;
+    };
+    const uint64_t h = static_cast<uint64_t>(number("hidden"));
     const uint64_t per_block = 12 * h * h;
-    const uint64_t blocks = r.count("blocks") ? r["blocks"].as<uint64_t>()
-                                              : std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(r["gib"].as<double>() * 1073741824.0 / static_cast<double>(per_block))));
+    const uint64_t blocks = r.count("blocks") ? static_cast<uint64_t>(number("blocks"))
+                                              : std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(number("gib") * 1073741824.0 / static_cast<double>(per_block))));
     std::vector<Spec> specs;
     for (uint64_t b = 0; b < blocks; ++b) {
       const std::string p = "double_blocks." + std::to_string(b) + ".";
@@ -106,7 +117,7 @@ int main(int argc, char** argv) {
       off = e.end;
     }
     const auto header = st::safetensors::serialize_header(st::safetensors::Metadata{{"format", "pt"}}, entries);
-    st::io::AtomicOutput out(r["out"].as<std::string>(), r.count("force") > 0);
+    st::io::AtomicOutput out(r.str("out"), r.count("force") > 0);
     out.reserve(header.size() + off);
     out.pwrite_all(0, header.data(), header.size());
     std::vector<uint8_t> buf(8u << 20);
@@ -120,7 +131,7 @@ int main(int argc, char** argv) {
       }
     }
     out.commit();
-    std::printf("%s: %llu blocks, H=%llu, %llu tensors, %llu bytes\n", r["out"].as<std::string>().c_str(),
+    std::printf("%s: %llu blocks, H=%llu, %llu tensors, %llu bytes\n", r.str("out").c_str(),
                 static_cast<unsigned long long>(blocks), static_cast<unsigned long long>(h),
                 static_cast<unsigned long long>(entries.size()), static_cast<unsigned long long>(header.size() + off));
     return 0;

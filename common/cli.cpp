@@ -7,7 +7,9 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cxxopts.hpp>
 #include <iostream>
+#include <stdexcept>
 
 #include "error.hpp"
 #include "io.hpp"
@@ -109,28 +111,104 @@ int run(const char* tool, const std::function<int()>& body) {
   return code;
 }
 
-cxxopts::Options make_options(const std::string& tool, const std::string& synopsis) {
-  cxxopts::Options o(tool, synopsis);
-  o.add_options()("h,help", "print this help and exit")("V,version", "print the version and exit")(
-      "q,quiet", "print no warnings (and no progress)");
-  o.set_width(100);
-  return o;
+size_t Args::count(const std::string& name) const {
+  const auto it = counts_.find(name);
+  return it == counts_.end() ? 0 : it->second;
 }
 
-cxxopts::ParseResult parse(cxxopts::Options& o, int argc, char** argv) {
+const std::string& Args::str(const std::string& name) const {
+  const auto it = values_.find(name);
+  if (it == values_.end() || it->second.size() != 1) throw std::logic_error("option --" + name + " has no value");
+  return it->second.front();
+}
+
+std::vector<std::string> Args::strs(const std::string& name) const {
+  const auto it = values_.find(name);
+  return it == values_.end() ? std::vector<std::string>{} : it->second;
+}
+
+struct Options::Impl {
+  enum class Kind { Flag, Value, Values };
+  cxxopts::Options cx;
+  std::vector<std::pair<std::string, Kind>> declared;  // long names
+  Impl(const std::string& tool, const std::string& synopsis) : cx(tool, synopsis) {}
+
+  void add(const std::string& group, const std::string& names, const std::string& help, Kind kind,
+           const std::string& arg, const std::string& default_value) {
+    auto adder = cx.add_options(group);
+    if (kind == Kind::Flag) {
+      adder(names, help);
+    } else if (kind == Kind::Values) {
+      adder(names, help, cxxopts::value<std::vector<std::string>>(), arg);
+    } else {
+      auto v = cxxopts::value<std::string>();
+      if (!default_value.empty()) v->default_value(default_value);
+      adder(names, help, v, arg);
+    }
+    const auto comma = names.find(',');
+    declared.emplace_back(comma == std::string::npos ? names : names.substr(comma + 1), kind);
+  }
+};
+
+Options::Options(const std::string& tool, const std::string& synopsis)
+    : impl_(std::make_unique<Impl>(tool, synopsis)) {
+  flag("h,help", "print this help and exit");
+  flag("V,version", "print the version and exit");
+  flag("q,quiet", "print no warnings (and no progress)");
+  impl_->cx.set_width(100);
+}
+
+Options::~Options() = default;
+
+Options& Options::group(const std::string& name) {
+  group_ = name;
+  return *this;
+}
+
+Options& Options::flag(const std::string& names, const std::string& help) {
+  impl_->add(group_, names, help, Impl::Kind::Flag, "", "");
+  return *this;
+}
+
+Options& Options::value(const std::string& names, const std::string& help, const std::string& arg,
+                        const std::string& default_value) {
+  impl_->add(group_, names, help, Impl::Kind::Value, arg, default_value);
+  return *this;
+}
+
+Options& Options::values(const std::string& names, const std::string& help, const std::string& arg) {
+  impl_->add(group_, names, help, Impl::Kind::Values, arg, "");
+  return *this;
+}
+
+void Options::operands(const std::vector<std::string>& names, const std::string& synopsis) {
+  impl_->cx.parse_positional(names);
+  impl_->cx.positional_help(synopsis);
+}
+
+std::string Options::help() const { return impl_->cx.help(); }
+
+Args Options::parse(int argc, char** argv) {
+  Args args;
   try {
-    auto r = o.parse(argc, argv);
+    const auto r = impl_->cx.parse(argc, argv);
     set_quiet(r.count("quiet") > 0);
     // More operands than the synopsis has: never ignore one (st-convert A B C
     // would otherwise write A's conversion over B).
     if (!r.unmatched().empty()) usage_error("unexpected argument '" + r.unmatched()[0] + "'");
-    return r;
+    for (const auto& [name, kind] : impl_->declared) {
+      const size_t n = r.count(name);
+      args.counts_[name] = n;
+      if (kind == Impl::Kind::Values && n) args.values_[name] = r[name].as<std::vector<std::string>>();
+      if (kind == Impl::Kind::Value && (n || r[name].has_default())) args.values_[name] = {r[name].as<std::string>()};
+    }
   } catch (const cxxopts::exceptions::exception& e) {
     usage_error(e.what());
   }
+  return args;
 }
 
-bool handle_help_version(cxxopts::Options& o, const cxxopts::ParseResult& r, const std::string& extra) {
+bool handle_help_version(const Options& o, const Args& r, const std::string& extra) {
   if (r.count("help")) {
     std::cout << o.help() << extra
               << "\nExit status: 0 success, 1 bad input or failure, 2 usage error.\n"
@@ -148,32 +226,31 @@ bool handle_help_version(cxxopts::Options& o, const cxxopts::ParseResult& r, con
   return false;
 }
 
-void add_progress_options(cxxopts::Options& o) {
-  o.add_options()("progress", "show progress on stderr even when it is not a terminal")(
-      "no-progress", "never show progress");
+void add_progress_options(Options& o) {
+  o.flag("progress", "show progress on stderr even when it is not a terminal");
+  o.flag("no-progress", "never show progress");
 }
 
-void add_output_options(cxxopts::Options& o) {
-  o.add_options()("f,force", "replace an existing output file; allow - (stdout) on a terminal")(
-      "no-verify", "do not read the file back to check it against the stream's checksums")(
-      "strip-prefix", "remove P from the start of tensor names (e.g. model.diffusion_model.)",
-      cxxopts::value<std::string>(), "P")("add-prefix", "put P before every tensor name (after --strip-prefix)",
-                                          cxxopts::value<std::string>(), "P")(
-      "shard-size", "write shards of at most SIZE bytes of tensors (5GB, 500MB, 2GiB) and an index into a folder",
-      cxxopts::value<std::string>(), "SIZE")("keep-sharding", "write one shard per input shard, as the input was split")(
-      "no-copy", "with a model folder as input, do not copy config.json and its other files");
+void add_output_options(Options& o) {
+  o.flag("f,force", "replace an existing output file; allow - (stdout) on a terminal");
+  o.flag("no-verify", "do not read the file back to check it against the stream's checksums");
+  o.value("strip-prefix", "remove P from the start of tensor names (e.g. model.diffusion_model.)", "P");
+  o.value("add-prefix", "put P before every tensor name (after --strip-prefix)", "P");
+  o.value("shard-size", "write shards of at most SIZE bytes of tensors (5GB, 500MB, 2GiB) and an index into a folder", "SIZE");
+  o.flag("keep-sharding", "write one shard per input shard, as the input was split");
+  o.flag("no-copy", "with a model folder as input, do not copy config.json and its other files");
   add_progress_options(o);
 }
 
-pack::Options output_options(const cxxopts::ParseResult& r, const std::string& output, bool check) {
+pack::Options output_options(const Args& r, const std::string& output, bool check) {
   pack::Options opt;
   opt.output = output;
   opt.overwrite = r.count("force") > 0;
   opt.verify = r.count("no-verify") == 0;
   opt.progress = progress_enabled(r);
-  if (r.count("strip-prefix")) opt.strip_prefix = r["strip-prefix"].as<std::string>();
-  if (r.count("add-prefix")) opt.add_prefix = r["add-prefix"].as<std::string>();
-  if (r.count("shard-size")) opt.shard_size = pack::parse_size(r["shard-size"].as<std::string>());
+  if (r.count("strip-prefix")) opt.strip_prefix = r.str("strip-prefix");
+  if (r.count("add-prefix")) opt.add_prefix = r.str("add-prefix");
+  if (r.count("shard-size")) opt.shard_size = pack::parse_size(r.str("shard-size"));
   opt.keep_sharding = r.count("keep-sharding") > 0;
   opt.copy_files = r.count("no-copy") == 0;
   if (opt.keep_sharding && opt.shard_size) usage_error("--shard-size and --keep-sharding do not go together");
@@ -188,12 +265,10 @@ pack::Options output_options(const cxxopts::ParseResult& r, const std::string& o
   return opt;
 }
 
-void add_target_option(cxxopts::Options& o) {
-  o.add_options()("to", "output type: bf16, f16 or f32", cxxopts::value<std::string>()->default_value("bf16"), "TYPE");
-}
+void add_target_option(Options& o) { o.value("to", "output type: bf16, f16 or f32", "TYPE", "bf16"); }
 
-fp8::Target target_option(const cxxopts::ParseResult& r) {
-  const std::string name = r["to"].as<std::string>();
+fp8::Target target_option(const Args& r) {
+  const std::string name = r.str("to");
   const auto target = fp8::target_from_name(name);
   if (!target) usage_error("--to must be bf16, f16 or f32, not '" + name + "'");
   return *target;
@@ -209,32 +284,32 @@ void run_stream_filter(bool force, const std::function<void(stream::Reader&, str
   stage(reader, writer);
 }
 
-void add_match_options(cxxopts::Options& o) {
+void add_match_options(Options& o) {
   std::string names;
   for (const auto& n : scales::convention_names()) names += (names.empty() ? "" : ", ") + n;
-  o.add_options("matching")(
-      "block", "block size of 2-D scale grids, or 1xG for groups along a row (default: config.json, else 128x128)",
-      cxxopts::value<std::string>(), "RxC")("convention", "use only this naming convention: " + names,
-                                            cxxopts::value<std::string>(), "NAME")(
-      "u8-as", "U8/I8 tensors that have a scale hold FP8 bytes of this type: e4m3fn, e5m2, e4m3fnuz, e5m2fnuz",
-      cxxopts::value<std::string>(), "TYPE")("strict", "an FP8 weight without a scale, or (st-dequant) a value overflowing to infinity, is an error")(
-      "keep-scales", "keep the activation and KV scales (input_scale, k_scale, ...) of converted layers");
+  o.group("matching");
+  o.value("block", "block size of 2-D scale grids, or 1xG for groups along a row (default: config.json, else 128x128)", "RxC");
+  o.value("convention", "use only this naming convention: " + names, "NAME");
+  o.value("u8-as", "U8/I8 tensors that have a scale hold FP8 bytes of this type: e4m3fn, e5m2, e4m3fnuz, e5m2fnuz", "TYPE");
+  o.flag("strict", "an FP8 weight without a scale, or (st-dequant) a value overflowing to infinity, is an error");
+  o.flag("keep-scales", "keep the activation and KV scales (input_scale, k_scale, ...) of converted layers");
+  o.group("");
 }
 
-scales::Options match_options(const cxxopts::ParseResult& r) {
+scales::Options match_options(const Args& r) {
   scales::Options opt;
-  if (r.count("block")) opt.block = scales::parse_block(r["block"].as<std::string>());
+  if (r.count("block")) opt.block = scales::parse_block(r.str("block"));
   if (r.count("convention")) {
-    opt.convention = r["convention"].as<std::string>();
+    opt.convention = r.str("convention");
     scales::check_convention(opt.convention);
   }
-  if (r.count("u8-as")) opt.u8_as = scales::parse_fp8_format(r["u8-as"].as<std::string>());
+  if (r.count("u8-as")) opt.u8_as = scales::parse_fp8_format(r.str("u8-as"));
   opt.strict = r.count("strict") > 0;
   opt.keep_scales = r.count("keep-scales") > 0;
   return opt;
 }
 
-bool progress_enabled(const cxxopts::ParseResult& r) {
+bool progress_enabled(const Args& r) {
   if (r.count("no-progress") || r.count("quiet")) return false;
   if (r.count("progress")) return true;
   return io::is_tty(STDERR_FILENO);

@@ -8,23 +8,22 @@
 
 int main(int argc, char** argv) {
   return st::cli::run("st-convert", [&] {
-    auto o = st::cli::make_options("st-convert", "Convert an FP8 .safetensors file, or a sharded model folder, to BF16 (or F16/F32).");
+    st::cli::Options o("st-convert", "Convert an FP8 .safetensors file, or a sharded model folder, to BF16 (or F16/F32).");
     st::cli::add_target_option(o);
     st::cli::add_output_options(o);
-    o.add_options()("n,dry-run", "print what would be converted, passed through and dropped, and the output size; write nothing");
-    o.add_options()("in", "input file, index or model folder", cxxopts::value<std::string>())("out", "output file, - for stdout, or a folder",
-                                                                          cxxopts::value<std::string>());
+    o.flag("n,dry-run", "print what would be converted, passed through and dropped, and the output size; write nothing");
+    o.value("in", "input file, index or model folder", "");
+    o.value("out", "output file, - for stdout, or a folder", "");
     st::cli::add_match_options(o);
-    o.parse_positional({"in", "out"});
-    o.positional_help("IN [OUT]");
-    const auto r = st::cli::parse(o, argc, argv);
+    o.operands({"in", "out"}, "IN [OUT]");
+    const auto r = o.parse(argc, argv);
     if (st::cli::handle_help_version(o, r, "")) return 0;
     if (!r.count("in")) st::usage_error("no input file given");
     st::dequant::Options dq;
     dq.target = st::cli::target_option(r);
     dq.match = st::cli::match_options(r);
-    const std::string in = r["in"].as<std::string>();
-    const std::string out = r.count("out") ? r["out"].as<std::string>() : st::pipeline::default_output(in, dq.target);
+    const std::string in = r.str("in");
+    const std::string out = r.count("out") ? r.str("out") : st::pipeline::default_output(in, dq.target);
     if (r.count("dry-run")) {
       // The same output options, but the dry run does its own checks (and
       // prints text, so "-" on a terminal is fine).

@@ -6,11 +6,11 @@
 
 int main(int argc, char** argv) {
   return st::cli::run("st-dequant", [&] {
-    auto o = st::cli::make_options("st-dequant", "Dequantise the FP8 weights of an st-stream (stdin -> stdout).");
+    st::cli::Options o("st-dequant", "Dequantise the FP8 weights of an st-stream (stdin -> stdout).");
     st::cli::add_target_option(o);
-    o.add_options()("f,force", "write the binary stream even to a terminal");
+    o.flag("f,force", "write the binary stream even to a terminal");
     st::cli::add_match_options(o);
-    const auto r = st::cli::parse(o, argc, argv);
+    const auto r = o.parse(argc, argv);
     if (st::cli::handle_help_version(o, r, "")) return 0;
     st::cli::set_stream_output();
     st::dequant::Options opt;

@@ -12,31 +12,28 @@
 
 int main(int argc, char** argv) {
   return st::cli::run("st-list", [&] {
-    auto o = st::cli::make_options("st-list", "Read a .safetensors file (or a model's shards, its index, or its folder) and write it as one st-stream on stdout.");
-    using Globs = std::vector<std::string>;
-    o.add_options()("t,table", "print a table (name, dtype, shape, bytes) instead of the stream")(
-        "json", "print the header as one JSON document instead of the stream (schema in st-list(1))")(
-        "include", "only tensors whose full name matches this shell pattern (repeatable)", cxxopts::value<Globs>(),
-        "GLOB")("exclude", "leave out tensors whose name matches (repeatable; after --include)",
-                cxxopts::value<Globs>(), "GLOB")(
-        "sha256", "print the file's SHA-256 on stderr, computed while streaming")(
-        "expect-sha256", "fail (and end the stream so nothing downstream accepts it) unless the file's SHA-256 is HEX",
-        cxxopts::value<std::string>(), "HEX")("f,force", "write the binary stream even to a terminal")(
-        "files", "input files", cxxopts::value<Globs>());
-    o.parse_positional({"files"});
-    o.positional_help("FILE... | INDEX.json | FOLDER");
-    const auto r = st::cli::parse(o, argc, argv);
+    st::cli::Options o("st-list", "Read a .safetensors file (or a model's shards, its index, or its folder) and write it as one st-stream on stdout.");
+    o.flag("t,table", "print a table (name, dtype, shape, bytes) instead of the stream");
+    o.flag("json", "print the header as one JSON document instead of the stream (schema in st-list(1))");
+    o.values("include", "only tensors whose full name matches this shell pattern (repeatable)", "GLOB");
+    o.values("exclude", "leave out tensors whose name matches (repeatable; after --include)", "GLOB");
+    o.flag("sha256", "print the file's SHA-256 on stderr, computed while streaming");
+    o.value("expect-sha256", "fail (and end the stream so nothing downstream accepts it) unless the file's SHA-256 is HEX", "HEX");
+    o.flag("f,force", "write the binary stream even to a terminal");
+    o.values("files", "input files", "");
+    o.operands({"files"}, "FILE... | INDEX.json | FOLDER");
+    const auto r = o.parse(argc, argv);
     if (st::cli::handle_help_version(o, r, "")) return 0;
     if (!r.count("files")) st::usage_error("no input file given");
-    const Globs args = r["files"].as<Globs>();
+    const std::vector<std::string> args = r.strs("files");
     for (const auto& a : args)
       if (a == "-") st::usage_error("reading a safetensors file from stdin is not supported (it must be seekable); give its path");
     if (!r.count("table") && !r.count("json")) st::cli::set_stream_output();
     st::source::ListOptions opt;
-    if (r.count("include")) opt.include = r["include"].as<Globs>();
-    if (r.count("exclude")) opt.exclude = r["exclude"].as<Globs>();
+    opt.include = r.strs("include");
+    opt.exclude = r.strs("exclude");
     opt.sha256 = r.count("sha256") > 0;
-    if (r.count("expect-sha256")) opt.expect_sha256 = st::sha256::parse_hex_digest(r["expect-sha256"].as<std::string>());
+    if (r.count("expect-sha256")) opt.expect_sha256 = st::sha256::parse_hex_digest(r.str("expect-sha256"));
     if ((r.count("table") || r.count("json")) && (opt.sha256 || !opt.expect_sha256.empty()))
       st::usage_error("--sha256 and --expect-sha256 hash the file while streaming it; they do not go with --table or --json");
     st::model_input::ModelInput input = st::model_input::resolve(args);

@@ -9,17 +9,17 @@
 
 int main(int argc, char** argv) {
   return st::cli::run("st-scales", [&] {
-    auto o = st::cli::make_options("st-scales", "Report FP8 weights and their scales, or pair them in a pipeline.");
-    o.add_options()("json", "print the report as one JSON document (schema in st-scales(1))")(
-        "report", "in a pipeline, also print the report on stderr")(
-        "f,force", "write the binary stream even to a terminal")("file", "input file", cxxopts::value<std::string>());
+    st::cli::Options o("st-scales", "Report FP8 weights and their scales, or pair them in a pipeline.");
+    o.flag("json", "print the report as one JSON document (schema in st-scales(1))");
+    o.flag("report", "in a pipeline, also print the report on stderr");
+    o.flag("f,force", "write the binary stream even to a terminal");
+    o.value("file", "input file", "");
     st::cli::add_match_options(o);
-    o.parse_positional({"file"});
-    o.positional_help("[FILE | INDEX.json | FOLDER | -]");
-    const auto r = st::cli::parse(o, argc, argv);
+    o.operands({"file"}, "[FILE | INDEX.json | FOLDER | -]");
+    const auto r = o.parse(argc, argv);
     if (st::cli::handle_help_version(o, r, "")) return 0;
     const st::scales::Options opt = st::cli::match_options(r);
-    const std::string file = r.count("file") ? r["file"].as<std::string>() : "-";
+    const std::string file = r.count("file") ? r.str("file") : "-";
     const auto format = r.count("json") ? st::scales::ReportFormat::Json : st::scales::ReportFormat::Text;
     if (file != "-") return st::scales::report_file(file, opt, format, std::cout) ? 1 : 0;
     st::cli::set_stream_output();
