@@ -122,7 +122,7 @@ stream::Manifest output_fields(const stream::Manifest& m, const stream::Matching
 void output_tensor(const TensorInfo& in, std::string_view name, bool converted, fp8::Target target, TensorInfo& out) {
   out.name.assign(name);
   out.dtype = converted ? fp8::target_dtype(target) : in.dtype;
-  out.shape.assign(in.shape.begin(), in.shape.end());
+  out.shape = in.shape;
   out.nbytes = converted ? in.nbytes * fp8::target_bytes(target) : in.nbytes;
   out.source = in.source;
 }

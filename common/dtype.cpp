@@ -1,6 +1,8 @@
 #include "dtype.hpp"
 
 #include <array>
+#include <mutex>
+#include <set>
 
 namespace st {
 
@@ -31,6 +33,18 @@ bool is_fp8_weight_dtype(Dtype d) {
   return d == Dtype::F8_E4M3 || d == Dtype::F8_E5M2 || d == Dtype::F8_E4M3FNUZ ||
          d == Dtype::F8_E5M2FNUZ;
 }
+
+namespace {
+const std::vector<uint64_t>* intern(const std::vector<uint64_t>& dims) {
+  static std::mutex lock;
+  static std::set<std::vector<uint64_t>>* pool = new std::set<std::vector<uint64_t>>;  // lives to the end
+  std::lock_guard<std::mutex> hold(lock);
+  return &*pool->insert(dims).first;  // set nodes do not move
+}
+}  // namespace
+
+Shape::Shape() : Shape(std::vector<uint64_t>{}) {}
+Shape::Shape(const std::vector<uint64_t>& dims) : dims_(intern(dims)) {}
 
 std::string shape_text(const std::vector<uint64_t>& shape) {
   std::string s = "[";

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,6 +35,36 @@ struct ByteSize {
 };
 enum class SizeError { None, Overflow, Misaligned };
 SizeError tensor_size(Dtype d, const uint64_t* shape, size_t rank, ByteSize& out);
+
+// A tensor's dimensions, interned: each distinct shape is stored once per
+// process (never freed) and a tensor holds a pointer to it. A model of a
+// million tensors has few distinct shapes, and a vector per tensor cost 56
+// bytes a tensor in every table a stage holds. Read-only; thread-safe.
+class Shape {
+ public:
+  using const_iterator = std::vector<uint64_t>::const_iterator;
+  Shape();  // [] (a scalar)
+  Shape(const std::vector<uint64_t>& dims);  // NOLINT: converts like a vector
+  Shape(std::initializer_list<uint64_t> dims) : Shape(std::vector<uint64_t>(dims)) {}
+
+  const std::vector<uint64_t>& dims() const { return *dims_; }
+  operator const std::vector<uint64_t>&() const { return *dims_; }  // NOLINT
+  operator std::span<const uint64_t>() const { return *dims_; }     // NOLINT
+  size_t size() const { return dims_->size(); }
+  bool empty() const { return dims_->empty(); }
+  uint64_t operator[](size_t i) const { return (*dims_)[i]; }
+  uint64_t back() const { return dims_->back(); }
+  const uint64_t* data() const { return dims_->data(); }
+  const_iterator begin() const { return dims_->begin(); }
+  const_iterator end() const { return dims_->end(); }
+
+  // Interned: equal shapes are the same object.
+  friend bool operator==(const Shape& a, const Shape& b) { return a.dims_ == b.dims_; }
+  friend bool operator==(const Shape& a, const std::vector<uint64_t>& b) { return *a.dims_ == b; }
+
+ private:
+  const std::vector<uint64_t>* dims_;
+};
 
 // "[2,3]" for messages and reports.
 std::string shape_text(const std::vector<uint64_t>& shape);

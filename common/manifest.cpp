@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstring>
 #include <iterator>
+#include <mutex>
+#include <set>
 
 #include "error.hpp"
 #include "json_util.hpp"
@@ -257,6 +259,7 @@ class ManifestHandler {
     if (level_ == 2 && skip_ == 0 && field_ == Field::Shape && cur_.shape == TensorFields::Got::Absent) {
       cur_.shape = TensorFields::Got::Ok;
       in_shape_ = true;
+      dims_.clear();
       return true;
     }
     return open_nested();
@@ -274,6 +277,7 @@ class ManifestHandler {
     if (in_shape_ && skip_ == 0) {
       in_shape_ = false;
       field_ = Field::Other;
+      cur_.info.shape = Shape(dims_);
       return true;
     }
     return close_nested();
@@ -317,7 +321,7 @@ class ManifestHandler {
   }
   bool number(uint64_t u) {
     if (skip_ == 0 && in_shape_) {
-      cur_.info.shape.push_back(u);
+      dims_.push_back(u);
       return true;
     }
     if (skip_ == 0 && level_ == 2 && field_ == Field::Nbytes) {
@@ -385,6 +389,7 @@ class ManifestHandler {
   int level_ = 0;            // 0 outside the tensors array, 1 in it, 2 in an entry
   int skip_ = 0;             // nesting inside a value being skipped
   bool in_shape_ = false;
+  std::vector<uint64_t> dims_;  // the shape being read (interned at its end)
   Field field_ = Field::Other;
   TensorFields cur_;
 };
@@ -404,6 +409,14 @@ std::string_view layout_name(ScaleLayout l) {
 const std::string& SharedString::empty_string() {
   static const std::string none;
   return none;
+}
+
+SharedString::SharedString(const std::string& s) {
+  if (s.empty()) return;
+  static std::mutex lock;
+  static std::set<std::string>* pool = new std::set<std::string>;  // lives to the end
+  std::lock_guard<std::mutex> hold(lock);
+  p_ = &*pool->insert(s).first;  // set nodes do not move
 }
 
 NameIndex::NameIndex(const std::vector<TensorInfo>& tensors)

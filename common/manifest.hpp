@@ -5,7 +5,6 @@
 
 #include <cstdint>
 #include <functional>
-#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -16,13 +15,13 @@
 
 namespace st::stream {
 
-// Text that many tensors hold the same of (the file they came from): one
-// copy, shared, so a million-tensor table does not hold a million paths.
+// Text that many tensors hold the same of (the file they came from):
+// interned, like Shape, so a million-tensor table holds a pointer per tensor,
+// not a million paths. Read-only; thread-safe.
 class SharedString {
  public:
   SharedString() = default;
-  SharedString(std::string s)  // NOLINT: converts like a string
-      : p_(s.empty() ? nullptr : std::make_shared<const std::string>(std::move(s))) {}
+  SharedString(const std::string& s);  // NOLINT: converts like a string
   SharedString(const char* s) : SharedString(std::string(s)) {}  // NOLINT
 
   const std::string& str() const { return p_ ? *p_ : empty_string(); }
@@ -30,19 +29,20 @@ class SharedString {
   bool empty() const { return !p_; }
   const char* c_str() const { return str().c_str(); }
 
-  friend bool operator==(const SharedString& a, const SharedString& b) { return a.p_ == b.p_ || a.str() == b.str(); }
+  // Interned: equal texts are the same object.
+  friend bool operator==(const SharedString& a, const SharedString& b) { return a.p_ == b.p_; }
   friend bool operator==(const SharedString& a, const std::string& b) { return a.str() == b; }
   friend bool operator==(const SharedString& a, const char* b) { return a.str() == b; }
 
  private:
   static const std::string& empty_string();
-  std::shared_ptr<const std::string> p_;
+  const std::string* p_ = nullptr;
 };
 
 struct TensorInfo {
   std::string name;
   Dtype dtype = Dtype::U8;
-  std::vector<uint64_t> shape;
+  Shape shape;
   uint64_t nbytes = 0;
   SharedString source;  // file it came from ("" when unknown)
 };

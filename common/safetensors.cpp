@@ -1,11 +1,11 @@
 #include "safetensors.hpp"
 
-#include <rapidjson/memorystream.h>
 #include <rapidjson/reader.h>
 
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <functional>
 
 #include "error.hpp"
 #include "json_util.hpp"
@@ -36,7 +36,7 @@ class HeaderHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Hea
       if (!v) return bad("tensor " + quote(name_) + ": " + field_name() + " value " +
                          std::string(text) + " " + why);
       if (state_ == State::ShapeArray) {
-        cur_.shape.push_back(*v);
+        dims_.push_back(*v);
       } else {
         if (offsets_seen_ == 2) return bad("tensor " + quote(name_) + ": data_offsets must have exactly 2 elements");
         (offsets_seen_ == 0 ? cur_.begin : cur_.end) = *v;
@@ -156,6 +156,7 @@ class HeaderHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Hea
     if (state_ == State::TensorObject) {
       if (field_ == Field::Shape) {
         state_ = State::ShapeArray;
+        dims_.clear();
         return true;
       }
       if (field_ == Field::Offsets) {
@@ -171,6 +172,7 @@ class HeaderHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Hea
     if (state_ == State::Skip) return end_skip();
     if (state_ == State::OffsetsArray && offsets_seen_ != 2)
       return bad("tensor " + quote(name_) + ": data_offsets must have exactly 2 elements");
+    if (state_ == State::ShapeArray) cur_.shape = Shape(dims_);
     state_ = State::TensorObject;
     return true;
   }
@@ -239,29 +241,98 @@ class HeaderHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Hea
   std::string key_;
   std::string name_;
   TensorEntry cur_;
+  std::vector<uint64_t> dims_;  // the shape being read (interned at its end)
 };
 
-}  // namespace
+// The header text in pieces: bytes [at, at + n) of it, as a view that stays
+// valid until the next call. A file's header is read so, a piece at a time,
+// instead of being held whole next to the table made from it (the header of
+// a million tensors is ~70-100 MB).
+using HeaderPiece = std::function<std::string_view(uint64_t at, size_t n)>;
+constexpr size_t kHeaderPiece = 1 << 20;
 
-Header parse_header(std::span<const uint8_t> bytes, uint64_t file_size) {
-  const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-  if (!json::valid_utf8(text)) fail("header is not valid UTF-8");
-  // A MemoryStream reads a NUL at its end; a raw NUL can only be invalid
-  // JSON here (it is neither whitespace nor allowed unescaped inside a
-  // string), so refuse it before it could look like the end.
-  if (text.find('\0') != std::string_view::npos) fail("header contains a NUL byte (not JSON)");
-  rapidjson::MemoryStream stream(text.data(), text.size());
+// A RapidJSON input stream over the pieces. Peek() gives '\0' at the end,
+// which cannot be confused with a byte of the text: check_header_text()
+// refuses a NUL first.
+class PieceStream {
+ public:
+  using Ch = char;
+  PieceStream(const HeaderPiece& piece, uint64_t size) : piece_(piece), size_(size) {}
+  Ch Peek() {
+    if (at_ == view_.size() && !next()) return '\0';
+    return view_[at_];
+  }
+  Ch Take() {
+    const Ch c = Peek();
+    if (at_ < view_.size()) ++at_;
+    return c;
+  }
+  size_t Tell() const { return static_cast<size_t>(start_ + at_); }
+  // Write side of the stream concept, unused by a non-in-situ parse.
+  Ch* PutBegin() { return nullptr; }
+  void Put(Ch) {}
+  void Flush() {}
+  size_t PutEnd(Ch*) { return 0; }
+
+ private:
+  bool next() {
+    start_ += view_.size();
+    at_ = 0;
+    view_ = {};
+    if (start_ >= size_) return false;
+    view_ = piece_(start_, static_cast<size_t>(std::min<uint64_t>(kHeaderPiece, size_ - start_)));
+    return !view_.empty();
+  }
+  const HeaderPiece& piece_;
+  uint64_t size_;
+  uint64_t start_ = 0;
+  std::string_view view_;
+  size_t at_ = 0;
+};
+
+// Checks on the whole text before JSON, in the reference's order (UTF-8
+// first), a piece at a time; returns how many "data_offsets" keys it holds
+// (room to reserve for the entries).
+size_t check_header_text(const HeaderPiece& piece, uint64_t size) {
+  static constexpr std::string_view kKey = "\"data_offsets\"";
+  size_t keys = 0;
+  std::string tail;  // the last kKey.size() - 1 bytes, for a key cut by a piece boundary
+  for (uint64_t at = 0; at < size;) {
+    const uint64_t left = size - at;
+    std::string_view v = piece(at, static_cast<size_t>(std::min<uint64_t>(kHeaderPiece, left)));
+    // Leave a UTF-8 sequence cut by the piece's end to the next piece.
+    if (v.size() < left) {
+      for (size_t back = 1; back <= 4 && back <= v.size(); ++back) {
+        const auto c = static_cast<unsigned char>(v[v.size() - back]);
+        if ((c & 0xC0) == 0x80) continue;  // a continuation byte: look further back
+        const size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        if (len > back) v.remove_suffix(back);
+        break;
+      }
+    }
+    if (!json::valid_utf8(v)) fail("header is not valid UTF-8");
+    // A MemoryStream-like end reads as NUL; a raw NUL can only be invalid
+    // JSON here (it is neither whitespace nor allowed unescaped inside a
+    // string), so refuse it before it could look like the end.
+    if (v.find('\0') != std::string_view::npos) fail("header contains a NUL byte (not JSON)");
+    const std::string seam = tail + std::string(v.substr(0, kKey.size() - 1));
+    if (seam.find(kKey) != std::string::npos) ++keys;
+    for (size_t k = v.find(kKey); k != std::string_view::npos; k = v.find(kKey, k + kKey.size())) ++keys;
+    tail = std::string(v.substr(v.size() - std::min(v.size(), kKey.size() - 1)));
+    at += v.size();
+  }
+  return keys;
+}
+
+Header parse_header_pieces(uint64_t size, const HeaderPiece& piece, uint64_t file_size) {
+  const size_t keys = check_header_text(piece, size);
+  PieceStream stream(piece, size);
   rapidjson::Reader reader;
   HeaderHandler handler;
-  {
-    // Room for every entry up front (a hint from the "data_offsets" keys,
-    // capped by the smallest entry), so a million entries are not copied
-    // while the vector grows.
-    size_t keys = 0;
-    for (size_t at = text.find("\"data_offsets\""); at != std::string_view::npos; at = text.find("\"data_offsets\"", at + 14)) ++keys;
-    constexpr size_t kSmallestEntry = sizeof R"("":{"dtype":"U8","shape":[],"data_offsets":[0,0]},)" - 1;
-    handler.header.tensors.reserve(std::min(keys, text.size() / kSmallestEntry + 1));
-  }
+  // Room for every entry up front (capped by the smallest entry), so a
+  // million entries are not copied while the vector grows.
+  constexpr size_t kSmallestEntry = sizeof R"("":{"dtype":"U8","shape":[],"data_offsets":[0,0]},)" - 1;
+  handler.header.tensors.reserve(std::min<uint64_t>(keys, size / kSmallestEntry + 1));
   constexpr unsigned kFlags = rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag |
                               rapidjson::kParseValidateEncodingFlag;
   if (!reader.Parse<kFlags>(stream, handler)) {
@@ -280,7 +351,7 @@ Header parse_header(std::span<const uint8_t> bytes, uint64_t file_size) {
   }
 
   Header h = std::move(handler.header);
-  h.data_start = 8 + bytes.size();
+  h.data_start = 8 + size;
   h.data_size = file_size - h.data_start;
 
   // Names are unique (the reference keeps the last of a repeated one; we refuse).
@@ -324,6 +395,13 @@ Header parse_header(std::span<const uint8_t> bytes, uint64_t file_size) {
   return h;
 }
 
+}  // namespace
+
+Header parse_header(std::span<const uint8_t> bytes, uint64_t file_size) {
+  const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  return parse_header_pieces(text.size(), [&](uint64_t at, size_t n) { return text.substr(at, n); }, file_size);
+}
+
 Header read_header(const io::InputFile& file) {
   const uint64_t size = file.size();
   try {
@@ -339,9 +417,15 @@ Header read_header(const io::InputFile& file) {
     if (8 + n > size)
       fail("header length " + std::to_string(n) + " runs past the end of the " + std::to_string(size) +
            "-byte file (truncated?)");
-    std::vector<uint8_t> json(n);
-    file.pread_exact(8, json.data(), n);
-    return parse_header(json, size);
+    std::string piece;
+    return parse_header_pieces(
+        n,
+        [&](uint64_t at, size_t len) {
+          piece.resize(len);
+          file.pread_exact(8 + at, piece.data(), len);
+          return std::string_view(piece);
+        },
+        size);
   } catch (const BrokenPipe&) {
     throw;
   } catch (const Error& e) {

@@ -28,7 +28,7 @@ using Metadata = std::vector<std::pair<std::string, std::string>>;
 struct TensorEntry {
   std::string name;
   Dtype dtype = Dtype::U8;
-  std::vector<uint64_t> shape;
+  Shape shape;
   uint64_t begin = 0;  // relative to the data section
   uint64_t end = 0;
   uint64_t nbytes() const { return end - begin; }

@@ -6,7 +6,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <span>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -355,6 +357,112 @@ TEST_CASE("parse_header rejects the malformed headers of §9", "[safetensors][re
   }
 }
 
+namespace {
+
+constexpr size_t kMiB = size_t(1) << 20;  // read_header reads the header in pieces of this size
+
+// A safetensors file (no data) whose header text has `body` starting at byte
+// `at` of the JSON: `{"__metadata__":{"p":"<pad>"},` + body.
+std::string file_with_body_at(size_t at, const std::string& body) {
+  const std::string head = R"({"__metadata__":{"p":")";
+  const std::string mid = R"("},)";
+  REQUIRE(at >= head.size() + mid.size());
+  const std::string json = head + std::string(at - head.size() - mid.size(), 'x') + mid + body;
+  return u64le(json.size()) + json;
+}
+
+bool has(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+std::string read_error(const std::string& content) {
+  TempFile f(content);
+  st::io::InputFile in(f.path);
+  try {
+    sf::read_header(in);
+  } catch (const st::Error& e) {
+    return e.what();
+  }
+  return "(accepted)";
+}
+
+}  // namespace
+
+TEST_CASE("read_header reads a header larger than one piece", "[safetensors][accept]") {
+  SECTION("a UTF-8 sequence cut at every byte by the piece boundary") {
+    const std::string raw = "a\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80z";  // a, U+00E9, U+20AC, U+1F600, z
+    for (size_t back = 0; back <= raw.size() + 1; ++back) {
+      const size_t quote_at = kMiB - back;  // the name's opening quote
+      TempFile f(file_with_body_at(quote_at, "\"" + raw + R"(":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}})"));
+      st::io::InputFile in(f.path);
+      const auto h = sf::read_header(in);
+      INFO("name starts " << back << " bytes before the boundary");
+      REQUIRE(h.tensors.size() == 1);
+      CHECK(h.tensors[0].name == raw);
+      REQUIRE(h.metadata);
+      CHECK((*h.metadata)[0].second.size() == quote_at - std::string(R"({"__metadata__":{"p":""},)").size());
+    }
+  }
+  SECTION("a \"data_offsets\" key cut by the boundary still counts for the room reserved") {
+    // The entry "b"'s "data_offsets" key begins at every offset
+    // around the boundary. Room for exactly the entries means the count was right.
+    // Three entries: had the cut key not counted, room for two would grow to four.
+    const std::string first = R"("a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"c":{"dtype":"U8","shape":[1],"data_offsets":[2,3]},)";
+    const std::string second_head = R"("b":{"dtype":"U8","shape":[1],)";
+    for (size_t back = 0; back <= 16; ++back) {
+      const size_t key_at = kMiB - back;
+      const size_t body_at = key_at - first.size() - second_head.size();
+      std::string content = file_with_body_at(body_at, first + second_head + R"("data_offsets":[1,2]}})") + "xxx";
+      TempFile f(content);
+      st::io::InputFile in(f.path);
+      const auto h = sf::read_header(in);
+      INFO("key starts " << back << " bytes before the boundary");
+      REQUIRE(h.tensors.size() == 3);
+      CHECK(h.tensors[1].name == "b");
+      CHECK(h.tensors.capacity() == 3);
+    }
+  }
+}
+
+TEST_CASE("read_header finds errors past the first piece", "[safetensors][reject]") {
+  const std::string ok = R"("t":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}})";
+  const size_t at = kMiB + kMiB / 2;
+  SECTION("invalid UTF-8") {
+    std::string content = file_with_body_at(at, ok);
+    content[8 + at - 10] = '\xFF';  // inside the pad string
+    const std::string e = read_error(content);
+    INFO(e);
+    CHECK(has(e, "header is not valid UTF-8"));
+  }
+  SECTION("a NUL byte") {
+    std::string content = file_with_body_at(at, ok);
+    content[8 + at - 10] = '\0';
+    const std::string e = read_error(content);
+    INFO(e);
+    CHECK(has(e, "header contains a NUL byte"));
+  }
+  SECTION("a JSON syntax error is reported at its byte, counted from the header's start") {
+    // The same error in a small header, where it is at byte `small`, is at
+    // byte small + shift when the header is padded by `shift` more bytes.
+    const std::string bad = R"("t":{"dtype":"U8","shape":[],"data_offsets":[0,0]},"u":tru})";
+    const size_t small_at = 30;
+    const std::string small = read_error(file_with_body_at(small_at, bad));
+    const std::string prefix = "invalid JSON at byte ";
+    const auto p = small.find(prefix);
+    REQUIRE(p != std::string::npos);
+    const size_t small_byte = std::stoul(small.substr(p + prefix.size()));
+    CHECK(small_byte > small_at);
+    const std::string big = read_error(file_with_body_at(at, bad));
+    INFO(small << " / " << big);
+    CHECK(has(big, prefix + std::to_string(small_byte + (at - small_at))));
+  }
+  SECTION("trailing characters after the object") {
+    const std::string e = read_error(file_with_body_at(at, ok + "  x"));
+    INFO(e);
+    CHECK(has(e, "trailing characters"));
+  }
+}
+
 TEST_CASE("read_header rejects files that are too small or whose N is wrong (§9 rows 1-6)",
           "[safetensors][reject]") {
   SECTION("1: empty file") {
@@ -529,5 +637,40 @@ TEST_CASE("sort_reference_order: descending dtype enum, then name bytes (§5)", 
                                       mk("a", Dtype::F32)};
     sf::sort_reference_order(v);
     CHECK(names(v) == std::vector<std::string>{"", "B", "a", "a0", "b", "z", "\xC3\xA9"});
+  }
+}
+
+TEST_CASE("Shape: equal dimensions are one interned object", "[safetensors][shape]") {
+  const st::Shape scalar;
+  CHECK(scalar.empty());
+  CHECK(scalar == st::Shape(std::vector<uint64_t>{}));
+  const st::Shape a{3072, 3072};
+  const st::Shape b(std::vector<uint64_t>{3072, 3072});
+  CHECK(a.data() == b.data());  // the same storage, not a copy
+  CHECK(a == b);
+  const st::Shape c{3072, 1};
+  CHECK_FALSE(a == c);
+  CHECK(a.data() != c.data());
+  CHECK(c == std::vector<uint64_t>{3072, 1});
+  CHECK(c.size() == 2);
+  CHECK(c[0] == 3072);
+  CHECK(c.back() == 1);
+  const std::span<const uint64_t> view = c;
+  CHECK(view.size() == 2);
+  CHECK(view[1] == 1);
+  CHECK(st::shape_text(c) == "[3072,1]");
+
+  SECTION("from several threads at once") {
+    // Each thread interns the same 200 shapes; every thread must get the
+    // storage the first did.
+    std::vector<std::vector<const uint64_t*>> got(4);
+    std::vector<std::thread> threads;
+    for (size_t t = 0; t < got.size(); ++t)
+      threads.emplace_back([&got, t] {
+        for (uint64_t i = 0; i < 200; ++i) got[t].push_back(st::Shape{i, 7, i * 3}.data());
+      });
+    for (auto& th : threads) th.join();
+    for (size_t t = 1; t < got.size(); ++t) CHECK(got[t] == got[0]);
+    for (uint64_t i = 0; i < 200; ++i) CHECK(*got[0][i] == i);
   }
 }

@@ -1343,7 +1343,9 @@ TEST_CASE("SharedString: reads and compares as the text it holds") {
   const stream::SharedString same_text("/m/x.safetensors");
   CHECK_FALSE(a.empty());
   CHECK(copy == a);
-  CHECK(same_text == a);  // equal text, separate copies
+  CHECK(same_text == a);
+  CHECK(same_text.c_str() == a.c_str());  // interned: one copy of the text
+  CHECK(stream::SharedString("/m/y.safetensors").c_str() != a.c_str());
   CHECK(a == std::string("/m/x.safetensors"));
   CHECK(std::string("/m/x.safetensors") == a);
   CHECK_FALSE(a == "/m/y.safetensors");
