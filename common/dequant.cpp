@@ -134,11 +134,11 @@ stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matchi
   const stream::NameIndex index(m);
   std::vector<bool> converted(m.tensors.size(), false);
   for (const auto& p : mt.pairs) converted[index.position(p.weight)] = true;
-  const auto names = scales::output_names(m, mt);
+  const scales::OutputNames names(m, mt);
   om.tensors.resize(names.size());
   for (size_t k = 0; k < names.size(); ++k) {
-    const size_t i = names[k].first;
-    output_tensor(m.tensors[i], names[k].second, converted[i], target, om.tensors[k]);
+    const size_t i = names.input(k);
+    output_tensor(m.tensors[i], names.name(k), converted[i], target, om.tensors[k]);
   }
   return om;
 }
@@ -159,8 +159,8 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   const stream::NameIndex index(m);
   std::vector<Action> action(n, Action::Pass);
   std::vector<int32_t> pair_of(n, -1);    // Convert: index into mt.pairs
-  std::vector<int32_t> scale_of(n, -1);   // Convert: input index of its scale
-  std::vector<int32_t> scale2_of(n, -1);  // Convert: input index of its second scale
+  // Per pair: input index of its scale and of its second scale, or -1.
+  std::vector<int32_t> scale_of(mt.pairs.size(), -1), scale2_of(mt.pairs.size(), -1);
   std::vector<int32_t> slot(n, -1);       // HoldScale: index into held and decoded
   size_t nslots = 0;
   for (const auto& d : mt.drop) action[index.position(d)] = Action::Drop;
@@ -174,7 +174,7 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
       const size_t s = index.position(*sname);
       action[s] = Action::HoldScale;
       if (slot[s] < 0) slot[s] = static_cast<int32_t>(nslots++);
-      (sname == &p.scale ? scale_of : scale2_of)[w] = static_cast<int32_t>(s);
+      (sname == &p.scale ? scale_of : scale2_of)[k] = static_cast<int32_t>(s);
       if (s > w)
         fail("stream order: scale " + json::quote(*sname) + " comes after its weight " + json::quote(p.weight) +
              "; stages need scales first (st-list orders them so)");
@@ -185,13 +185,13 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   Summary sum;
   // The output manifest is made from the input's table as it is written,
   // never held as a second table.
-  const auto names = scales::output_names(m, mt);  // (input index, output name), in output order
+  const scales::OutputNames names(m, mt);
   std::vector<int32_t> out_index(n, -1);
   for (size_t k = 0; k < names.size(); ++k) {
-    const size_t i = names[k].first;
+    const size_t i = names.input(k);
     out_index[i] = static_cast<int32_t>(k);
     if (action[i] != Action::Convert) ++sum.passed;
-    else if (scale_of[i] < 0) sum.unscaled.push_back(m.tensors[i].name);
+    else if (scale_of[static_cast<size_t>(pair_of[i])] < 0) sum.unscaled.push_back(m.tensors[i].name);
     else ++sum.converted;
   }
   sum.dropped = n - names.size();
@@ -202,8 +202,8 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
     changes.producer = fields.producer;
     changes.count = names.size();
     changes.tensor_at = [&](size_t k) -> const TensorInfo& {
-      const size_t i = names[k].first;
-      output_tensor(m.tensors[i], names[k].second, action[i] == Action::Convert, opt.target, scratch);
+      const size_t i = names.input(k);
+      output_tensor(m.tensors[i], names.name(k), action[i] == Action::Convert, opt.target, scratch);
       return scratch;
     };
     out.begin(fields, &changes);
@@ -228,7 +228,8 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
         case Action::Drop: break;
         case Action::Convert: {
           static const std::vector<float> kNoScale;
-          const auto& scale = scale_of[i] >= 0 ? decoded_of(scale_of[i]) : kNoScale;
+          const int32_t s = scale_of[static_cast<size_t>(pair_of[i])];
+          const auto& scale = s >= 0 ? decoded_of(s) : kNoScale;
           // In pieces whose output stays in the CPU cache while it is
           // converted, hashed and written to the pipe (one DATA frame each),
           // instead of one 8-16 MiB buffer that goes through memory 3 times.
@@ -263,12 +264,13 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   };
   // Fold each second-level scale into its first before the weight's data
   // (musubi: the scale is scale_weight * scale_weight_tensor, in f32).
-  std::vector<bool> folded(n, false);
+  std::vector<bool> folded(mt.pairs.size(), false);
   auto fold = [&](size_t w) {
-    if (folded[w] || scale2_of[w] < 0 || scale_of[w] < 0) return;
-    folded[w] = true;
-    const float s2 = decoded_of(scale2_of[w]).at(0);
-    for (float& v : decoded_of(scale_of[w])) v *= s2;
+    const auto k = static_cast<size_t>(pair_of[w]);
+    if (folded[k] || scale2_of[k] < 0 || scale_of[k] < 0) return;
+    folded[k] = true;
+    const float s2 = decoded_of(scale2_of[k]).at(0);
+    for (float& v : decoded_of(scale_of[k])) v *= s2;
   };
 
   for (size_t i = 0; i < nmarkers; ++i) {  // markers were read before planning

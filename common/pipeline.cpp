@@ -146,8 +146,12 @@ void dry_run(const std::string& input, const dequant::Options& dq, const pack::O
   std::vector<std::string> passed;
   std::unordered_set<std::string> converted;
   for (const auto& p : mt.pairs) converted.insert(p.weight);
-  for (const auto& [i, name] : scales::output_names(m, mt))
-    if (!converted.count(m.tensors[i].name)) passed.push_back(name == m.tensors[i].name ? std::string(name) : m.tensors[i].name + " -> " + std::string(name));
+  const scales::OutputNames names(m, mt);
+  for (size_t k = 0; k < names.size(); ++k) {
+    const std::string& in = m.tensors[names.input(k)].name;
+    const std::string_view name = names.name(k);
+    if (!converted.count(in)) passed.push_back(name == in ? in : in + " -> " + std::string(name));
+  }
   out << "\npassed through unchanged: " << passed.size() << '\n';
   for (const auto& n : passed) out << "  " << n << '\n';
   out << "\ndropped: " << mt.drop.size() << '\n';

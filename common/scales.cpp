@@ -629,32 +629,37 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   // Output names written twice: every later tensor against the first that
   // has the name, in output order. Views into m.tensors, mt.pairs and
   // mt.renames, sorted by name (adding a problem moves none of them).
-  const auto names = output_names(m, mt);
-  const auto repeats = safetensors::repeats_by_name(names.size(), [&](size_t k) { return names[k].second; });
+  const OutputNames names(m, mt);
+  const auto repeats = safetensors::repeats_by_name(names.size(), [&](size_t k) { return names.name(k); });
   for (const auto& [later, first] : repeats) {
-    const std::string_view name = names[later].second;
+    const std::string_view name = names.name(later);
     problem(kNameCollision, std::string(name),
-            json::quote(tensors[names[first].first].name) + " and " + json::quote(tensors[names[later].first].name) +
+            json::quote(tensors[names.input(first)].name) + " and " + json::quote(tensors[names.input(later)].name) +
                 " would both be written as " + json::quote(name));
   }
   return mt;
 }
 
-std::vector<std::pair<size_t, std::string_view>> output_names(const stream::Manifest& m, const Matching& mt) {
+OutputNames::OutputNames(const stream::Manifest& m, const Matching& mt) : m_(m) {
   std::unordered_map<std::string_view, std::string_view> rename;
   for (const auto& p : mt.pairs)
     if (!p.output.empty()) rename[p.weight] = p.output;
   for (const auto& r : mt.renames) rename[r.from] = r.to;
   const std::unordered_set<std::string_view> dropped(mt.drop.begin(), mt.drop.end());
-  std::vector<std::pair<size_t, std::string_view>> out;
-  out.reserve(m.tensors.size() - std::min(m.tensors.size(), dropped.size()));
+  input_.reserve(m.tensors.size() - std::min(m.tensors.size(), dropped.size()));
   for (size_t i = 0; i < m.tensors.size(); ++i) {
     const std::string_view n = m.tensors[i].name;
     if (dropped.count(n)) continue;
-    auto it = rename.find(n);
-    out.emplace_back(i, it == rename.end() ? n : it->second);
+    if (auto it = rename.find(n); it != rename.end()) renamed_.emplace(static_cast<uint32_t>(i), it->second);
+    input_.push_back(static_cast<uint32_t>(i));
   }
-  return out;
+}
+
+std::string_view OutputNames::name(size_t k) const {
+  const uint32_t i = input_[k];
+  if (renamed_.empty()) return m_.tensors[i].name;
+  const auto it = renamed_.find(i);
+  return it == renamed_.end() ? std::string_view(m_.tensors[i].name) : it->second;
 }
 
 void validate(const stream::Manifest& m, const Matching& mt) {
@@ -749,9 +754,9 @@ void validate(const stream::Manifest& m, const Matching& mt) {
            (refused ? " (several candidate scales, recorded by an older st-scales: run st-scales again)" : ""));
     }
   }
-  const auto out = output_names(m, mt);
-  if (const auto r = safetensors::first_repeat(out.size(), [&](size_t k) { return out[k].second; }))
-    fail("stream matching gives two output tensors the name " + json::quote(out[r->second].second));
+  const OutputNames out(m, mt);
+  if (const auto r = safetensors::first_repeat(out.size(), [&](size_t k) { return out.name(k); }))
+    fail("stream matching gives two output tensors the name " + json::quote(out.name(r->second)));
 }
 
 std::vector<Dtype> scale_decode_formats(const stream::Manifest& m, const Matching& mt) {

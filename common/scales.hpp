@@ -14,6 +14,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "manifest.hpp"
@@ -127,10 +128,22 @@ std::map<std::string, std::string> owners(const std::vector<stream::TensorInfo>&
 // then the rest, each group in the given order.
 std::vector<size_t> scales_first_order(const std::vector<stream::TensorInfo>& tensors);
 
-// The output name of every tensor that survives conversion, in order (for
-// name-collision checks and st-dequant's output manifest): input index and
-// name, a view into `m` or `mt` (a model may have a million names).
-std::vector<std::pair<size_t, std::string_view>> output_names(const stream::Manifest& m, const stream::Matching& mt);
+// The tensors that survive conversion, in output order, with their output
+// names (for name-collision checks and st-dequant's output manifest): the
+// input position of each, 4 bytes a tensor (a model may have a million),
+// and the few names that differ from the input's, as views into `mt`.
+class OutputNames {
+ public:
+  OutputNames(const stream::Manifest& m, const stream::Matching& mt);
+  size_t size() const { return input_.size(); }
+  size_t input(size_t k) const { return input_[k]; }  // input position of output k
+  std::string_view name(size_t k) const;              // output k's name
+
+ private:
+  const stream::Manifest& m_;
+  std::vector<uint32_t> input_;
+  std::unordered_map<uint32_t, std::string_view> renamed_;  // input position -> output name
+};
 
 // Human report and JSON report. `scale_values(name)` returns a scale's
 // decoded values (or an empty vector when unknown) for the min/max columns.
