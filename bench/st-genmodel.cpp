@@ -7,6 +7,7 @@
 // so F8 weights come before their F32 scales, as in real files.
 #include <unistd.h>
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -73,21 +74,28 @@ int main(int argc, char** argv) {
     const auto r = o.parse(argc, argv);
     if (st::cli::handle_help_version(o, r, "")) return 0;
     if (!r.count("out")) st::usage_error("no output file given");
-    const auto number = [&](const char* name) {  // a positive number, or a usage error
+    const auto whole = [&](const char* name) {  // a whole number, or a usage error
       const std::string& v = r.str(name);
-      size_t used = 0;
-      double x = 0;
-      try {
-        x = std::stod(v, &used);
-      } catch (const std::exception&) {
-      }
-      if (used != v.size() || !(x > 0)) st::usage_error(std::string("--") + name + " must be a positive number, not '" + v + "'");
+      uint64_t x = 0;
+      const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+      if (ec != std::errc() || end != v.data() + v.size()) st::usage_error(std::string("--") + name + " must be a whole number, not '" + v + "'");
       return x;
     };
-    const uint64_t h = static_cast<uint64_t>(number("hidden"));
+    const uint64_t h = whole("hidden");
+    if (h == 0) st::usage_error("--hidden must be at least 1");
     const uint64_t per_block = 12 * h * h;
-    const uint64_t blocks = r.count("blocks") ? static_cast<uint64_t>(number("blocks"))
-                                              : std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(number("gib") * 1073741824.0 / static_cast<double>(per_block))));
+    double gib = 0;
+    if (!r.count("blocks")) {
+      const std::string& v = r.str("gib");
+      size_t used = 0;
+      try {
+        gib = std::stod(v, &used);
+      } catch (const std::exception&) {
+      }
+      if (used == 0 || used != v.size() || !(gib >= 0 && gib < 1e6)) st::usage_error("--gib must be a number of GiB, not '" + v + "'");
+    }
+    const uint64_t blocks = r.count("blocks") ? whole("blocks")
+                                              : std::max<uint64_t>(1, static_cast<uint64_t>(std::llround(gib * 1073741824.0 / static_cast<double>(per_block))));
     std::vector<Spec> specs;
     for (uint64_t b = 0; b < blocks; ++b) {
       const std::string p = "double_blocks." + std::to_string(b) + ".";

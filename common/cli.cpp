@@ -113,7 +113,10 @@ int run(const char* tool, const std::function<int()>& body) {
 
 size_t Args::count(const std::string& name) const {
   const auto it = counts_.find(name);
-  return it == counts_.end() ? 0 : it->second;
+  // Every declared option has a count, 0 included: a name without one is a
+  // typo in the code, which must not read as "not given".
+  if (it == counts_.end()) throw std::logic_error("option --" + name + " was never declared");
+  return it->second;
 }
 
 const std::string& Args::str(const std::string& name) const {

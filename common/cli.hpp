@@ -26,6 +26,7 @@ int run(const char* tool, const std::function<int()>& body);
 // A parsed command line: each option's count and its values, by long name.
 class Args {
  public:
+  // Throws std::logic_error for a name no option was declared with.
   size_t count(const std::string& name) const;
   bool has(const std::string& name) const { return count(name) > 0; }
   // The value of an option that takes one (its default when not given);

@@ -35,16 +35,36 @@ bool is_fp8_weight_dtype(Dtype d) {
 }
 
 namespace {
-const std::vector<uint64_t>* intern(const std::vector<uint64_t>& dims) {
-  static std::mutex lock;
-  static std::set<std::vector<uint64_t>>* pool = new std::set<std::vector<uint64_t>>;  // lives to the end
-  std::lock_guard<std::mutex> hold(lock);
-  return &*pool->insert(dims).first;  // set nodes do not move
+struct ShapePool {
+  std::mutex lock;
+  std::set<std::vector<uint64_t>> shapes;  // set nodes do not move
+};
+ShapePool& shape_pool() {
+  static ShapePool* pool = new ShapePool;  // lives to the end: threads may still read shapes at exit
+  return *pool;
+}
+// [] is common (every scalar, and every Shape made before its value) and
+// needs no lock: it is one object outside the pool.
+const std::vector<uint64_t>& scalar_dims() {
+  static const std::vector<uint64_t> none;
+  return none;
 }
 }  // namespace
 
-Shape::Shape() : Shape(std::vector<uint64_t>{}) {}
-Shape::Shape(const std::vector<uint64_t>& dims) : dims_(intern(dims)) {}
+Shape::Shape() : dims_(&scalar_dims()) {}
+
+Shape::Shape(const std::vector<uint64_t>& dims) : dims_(&scalar_dims()) {
+  if (dims.empty()) return;
+  ShapePool& pool = shape_pool();
+  std::lock_guard<std::mutex> hold(pool.lock);
+  dims_ = &*pool.shapes.insert(dims).first;
+}
+
+void Shape::clear_pool() {
+  ShapePool& pool = shape_pool();
+  std::lock_guard<std::mutex> hold(pool.lock);
+  pool.shapes.clear();
+}
 
 std::string shape_text(const std::vector<uint64_t>& shape) {
   std::string s = "[";

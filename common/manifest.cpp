@@ -398,7 +398,7 @@ class ManifestHandler {
 
   rapidjson::Document& doc_;
   ArrivedEntries& out_;
-  SharedString last_source_;  // tensors of one file share its path
+  SharedString last_source_;  // tensors of one file follow each other: no lock and pool search for each
 
   SharedString shared_source(std::string_view v) {
     if (last_source_.str() != v) last_source_ = SharedString(std::string(v));
@@ -433,12 +433,28 @@ const std::string& SharedString::empty_string() {
   return none;
 }
 
+namespace {
+struct StringPool {
+  std::mutex lock;
+  std::set<std::string> strings;  // set nodes do not move
+};
+StringPool& string_pool() {
+  static StringPool* pool = new StringPool;  // lives to the end: threads may still read at exit
+  return *pool;
+}
+}  // namespace
+
 SharedString::SharedString(const std::string& s) {
   if (s.empty()) return;
-  static std::mutex lock;
-  static std::set<std::string>* pool = new std::set<std::string>;  // lives to the end
-  std::lock_guard<std::mutex> hold(lock);
-  p_ = &*pool->insert(s).first;  // set nodes do not move
+  StringPool& pool = string_pool();
+  std::lock_guard<std::mutex> hold(pool.lock);
+  p_ = &*pool.strings.insert(s).first;
+}
+
+void SharedString::clear_pool() {
+  StringPool& pool = string_pool();
+  std::lock_guard<std::mutex> hold(pool.lock);
+  pool.strings.clear();
 }
 
 NameIndex::NameIndex(const std::vector<TensorInfo>& tensors)

@@ -34,6 +34,10 @@ class SharedString {
   friend bool operator==(const SharedString& a, const std::string& b) { return a.str() == b; }
   friend bool operator==(const SharedString& a, const char* b) { return a.str() == b; }
 
+  // Frees every interned text. Only where no non-empty SharedString is
+  // alive: a fuzz target between inputs.
+  static void clear_pool();
+
  private:
   static const std::string& empty_string();
   const std::string* p_ = nullptr;

@@ -253,7 +253,7 @@ constexpr size_t kHeaderPiece = 1 << 20;
 
 // A RapidJSON input stream over the pieces. Peek() gives '\0' at the end,
 // which cannot be confused with a byte of the text: check_header_text()
-// refuses a NUL first.
+// refuses a NUL first, and next() refuses one that appeared since.
 class PieceStream {
  public:
   using Ch = char;
@@ -281,6 +281,9 @@ class PieceStream {
     view_ = {};
     if (start_ >= size_) return false;
     view_ = piece_(start_, static_cast<size_t>(std::min<uint64_t>(kHeaderPiece, size_ - start_)));
+    // A file is read twice (checks, then this parse): bytes that changed in
+    // between must not turn into an early end.
+    if (view_.find('\0') != std::string_view::npos) fail("header changed while it was read (a NUL byte appeared)");
     return !view_.empty();
   }
   const HeaderPiece& piece_;
@@ -297,6 +300,7 @@ size_t check_header_text(const HeaderPiece& piece, uint64_t size) {
   static constexpr std::string_view kKey = "\"data_offsets\"";
   size_t keys = 0;
   std::string tail;  // the last kKey.size() - 1 bytes, for a key cut by a piece boundary
+  bool nul = false;
   for (uint64_t at = 0; at < size;) {
     const uint64_t left = size - at;
     std::string_view v = piece(at, static_cast<size_t>(std::min<uint64_t>(kHeaderPiece, left)));
@@ -311,16 +315,18 @@ size_t check_header_text(const HeaderPiece& piece, uint64_t size) {
       }
     }
     if (!json::valid_utf8(v)) fail("header is not valid UTF-8");
-    // A MemoryStream-like end reads as NUL; a raw NUL can only be invalid
-    // JSON here (it is neither whitespace nor allowed unescaped inside a
-    // string), so refuse it before it could look like the end.
-    if (v.find('\0') != std::string_view::npos) fail("header contains a NUL byte (not JSON)");
+    // The stream's end reads as NUL; a raw NUL can only be invalid JSON here
+    // (it is neither whitespace nor allowed unescaped inside a string), so
+    // it is refused before it could look like the end, once the whole text
+    // is known to be UTF-8 (that error comes first, as in the reference).
+    nul |= v.find('\0') != std::string_view::npos;
     const std::string seam = tail + std::string(v.substr(0, kKey.size() - 1));
     if (seam.find(kKey) != std::string::npos) ++keys;
     for (size_t k = v.find(kKey); k != std::string_view::npos; k = v.find(kKey, k + kKey.size())) ++keys;
     tail = std::string(v.substr(v.size() - std::min(v.size(), kKey.size() - 1)));
     at += v.size();
   }
+  if (nul) fail("header contains a NUL byte (not JSON)");
   return keys;
 }
 

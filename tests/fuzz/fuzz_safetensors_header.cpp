@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "error.hpp"
+#include "forget_interned.hpp"
 #include "safetensors.hpp"
 
 namespace {
@@ -72,6 +73,7 @@ void one(std::span<const uint8_t> json, uint64_t data_size) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const ForgetInterned forget;  // last to go
   const std::span<const uint8_t> in(data, size);
   const void* nul = std::memchr(data, 0, size);
   if (!nul) {

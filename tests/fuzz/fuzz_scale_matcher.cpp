@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "error.hpp"
+#include "forget_interned.hpp"
 #include "manifest.hpp"
 #include "scales.hpp"
 
@@ -106,6 +107,7 @@ void check(const st::stream::Manifest& m, const sc::MarkerData& markers, const s
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const ForgetInterned forget;  // last to go
   const std::string_view in(reinterpret_cast<const char*>(data), size);
   const size_t nul = in.find('\0');
   const std::string_view json = in.substr(0, nul);

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "error.hpp"
+#include "forget_interned.hpp"
 #include "io.hpp"
 #include "stream.hpp"
 #include "stream_format.hpp"
@@ -158,6 +159,7 @@ Trace read_all(const std::vector<uint8_t>& bytes, size_t max_read) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const ForgetInterned forget;  // last to go
   std::vector<uint8_t> bytes(data, data + size);
   read_all(bytes, SIZE_MAX);
   repair(bytes);

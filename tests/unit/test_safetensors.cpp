@@ -441,6 +441,14 @@ TEST_CASE("read_header finds errors past the first piece", "[safetensors][reject
     INFO(e);
     CHECK(has(e, "header contains a NUL byte"));
   }
+  SECTION("invalid UTF-8 in a later piece is reported before a NUL in an earlier one") {
+    std::string content = file_with_body_at(at, ok);
+    content[8 + 100] = '\0';
+    content[8 + at - 10] = '\xFF';
+    const std::string e = read_error(content);
+    INFO(e);
+    CHECK(has(e, "header is not valid UTF-8"));
+  }
   SECTION("a JSON syntax error is reported at its byte, counted from the header's start") {
     // The same error in a small header, where it is at byte `small`, is at
     // byte small + shift when the header is padded by `shift` more bytes.
