@@ -291,7 +291,7 @@ void add_match_options(Options& o) {
   std::string names;
   for (const auto& n : scales::convention_names()) names += (names.empty() ? "" : ", ") + n;
   o.group("matching");
-  o.value("block", "block size of 2-D scale grids, or 1xG for groups along a row (default: config.json, else 128x128)", "RxC");
+  o.value("block", "block size of 2-D scale grids, or 1xG for groups along a row (default: config.json, else 128x128 if it fits the grid, else derived from it)", "RxC");
   o.value("convention", "use only this naming convention: " + names, "NAME");
   o.value("u8-as", "U8/I8 tensors that have a scale hold FP8 bytes of this type: e4m3fn, e5m2, e4m3fnuz, e5m2fnuz", "TYPE");
   o.flag("strict", "an FP8 weight without a scale, or (st-dequant) a value overflowing to infinity, is an error");

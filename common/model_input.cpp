@@ -120,6 +120,8 @@ ModelInput read_index(const std::string& index, std::vector<std::string>* proble
 ModelInput resolve(const std::vector<std::string>& args, std::vector<std::string>* problems) {
   if (args.empty()) usage_error("no input given");
   for (const auto& a : args)
+    if (a == "-") usage_error("reading a safetensors file from stdin is not supported (it must be seekable); give its path");
+  for (const auto& a : args)
     if ((paths::is_dir(a) || paths::ends_with(a, ".json")) && args.size() > 1)
       usage_error(a + ": a folder or an index is the whole model; give it alone");
   const std::string& first = args.front();

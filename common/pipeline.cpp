@@ -24,8 +24,15 @@ std::string default_output(const std::string& input, fp8::Target t) {
   if (paths::is_dir(input)) folder = input;
   else if (paths::ends_with(input, ".json")) folder = paths::dir_name(input);
   if (!folder.empty()) {
-    while (folder.size() > 1 && folder.back() == '/') folder.pop_back();
-    if (folder == "." || folder == ".." || folder == "/")
+    // Its name, lexically: "m/", "m/." and "m/./" are m; "..", "m/.." and
+    // "/" have none to derive one from.
+    for (;;) {
+      while (folder.size() > 1 && folder.back() == '/') folder.pop_back();
+      if (folder.size() > 2 && folder.compare(folder.size() - 2, 2, "/.") == 0) folder.resize(folder.size() - 2);
+      else break;
+    }
+    const std::string last = paths::base_name(folder);
+    if (folder == "/" || last == "." || last == "..")
       usage_error("give the output folder (there is no name beside " + input + " to derive it from)");
     return folder + suffix + "/";
   }

@@ -138,7 +138,7 @@ SafetensorsSource::SafetensorsSource(model_input::ModelInput input, const ListOp
   refs_ = std::move(all_refs);
   manifest_.producer = std::string("st-list ") + ST_VERSION;
   manifest_.metadata = shards_.front().header.metadata;
-  manifest_.quantization_config = model_config::read_quantization_config(input_.files.front());
+  if (!opt.headers_only) manifest_.quantization_config = model_config::read_quantization_config(input_.files.front());
   if (input_.several())
     for (const auto& f : input_.files) manifest_.shards.push_back(paths::absolute(f));
   if (!input_.dir.empty()) manifest_.model_dir = paths::absolute(input_.dir);
@@ -362,7 +362,9 @@ void print_file_json(std::ostream& out, const std::string& path, const ListOptio
 void print_files(std::ostream& out, const model_input::ModelInput& input, const ListOptions& opt, Listing how) {
   // The same checks as for the stream (index against shards, duplicates)
   // and the same selection (a scale in another shard follows its weight).
-  const SafetensorsSource src(input, opt);
+  ListOptions headers = opt;
+  headers.headers_only = true;
+  const SafetensorsSource src(input, headers);
   std::set<std::string> selected;
   for (const auto& t : src.manifest().tensors) selected.insert(t.name);
   const bool several = input.files.size() > 1;

@@ -26,6 +26,9 @@ struct ListOptions {
   // an error, unless this is set: then the problems are only recorded
   // (index_problems()) and missing shards left out, for st-scales' report.
   bool lenient_index = false;
+  // Headers only (--table, --json): config.json is not read, so a broken
+  // one beside the file does not stop a listing of its tensors.
+  bool headers_only = false;
 };
 
 class SafetensorsSource {

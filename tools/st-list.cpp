@@ -26,8 +26,6 @@ int main(int argc, char** argv) {
     if (st::cli::handle_help_version(o, r, "")) return 0;
     if (!r.count("files")) st::usage_error("no input file given");
     const std::vector<std::string> args = r.strs("files");
-    for (const auto& a : args)
-      if (a == "-") st::usage_error("reading a safetensors file from stdin is not supported (it must be seekable); give its path");
     if (!r.count("table") && !r.count("json")) st::cli::set_stream_output();
     st::source::ListOptions opt;
     opt.include = r.strs("include");
