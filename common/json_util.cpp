@@ -59,28 +59,64 @@ std::optional<uint64_t> parse_u64(std::string_view t, std::string* why) {
   return v;
 }
 
+namespace {
+
+const char kHex[] = "0123456789abcdef";
+
+void append_u_escape(std::string& out, unsigned v) {
+  out += "\\u";
+  for (int shift = 12; shift >= 0; shift -= 4) out += kHex[(v >> shift) & 15];
+}
+
+// An ASCII byte as both serde_json and Python's json escape it.
+void append_ascii(std::string& out, unsigned char c) {
+  switch (c) {
+    case '"': out += "\\\""; break;
+    case '\\': out += "\\\\"; break;
+    case '\b': out += "\\b"; break;
+    case '\f': out += "\\f"; break;
+    case '\n': out += "\\n"; break;
+    case '\r': out += "\\r"; break;
+    case '\t': out += "\\t"; break;
+    default:
+      if (c < 0x20) append_u_escape(out, c);
+      else out += static_cast<char>(c);
+  }
+}
+
+}  // namespace
+
 void append_json_string(std::string& out, std::string_view s) {
-  static const char kHex[] = "0123456789abcdef";
   out += '"';
   for (char ch : s) {
     const auto c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          out += "\\u00";
-          out += kHex[c >> 4];
-          out += kHex[c & 15];
-        } else {
-          out += ch;
-        }
+    if (c < 0x80) append_ascii(out, c);
+    else out += ch;
+  }
+  out += '"';
+}
+
+void append_json_string_ascii(std::string& out, std::string_view s) {
+  out += '"';
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  for (size_t i = 0; i < s.size();) {
+    if (p[i] < 0x80) {
+      if (p[i] == 0x7F) append_u_escape(out, 0x7F);  // Python escapes DEL too
+      else append_ascii(out, p[i]);
+      ++i;
+      continue;
     }
+    const size_t len = p[i] >= 0xF0 ? 4 : p[i] >= 0xE0 ? 3 : 2;
+    if (i + len > s.size()) break;  // not UTF-8 (callers pass valid text)
+    unsigned cp = p[i] & (len == 2 ? 0x1F : len == 3 ? 0x0F : 0x07);
+    for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (p[i + k] & 0x3F);
+    if (cp >= 0x10000) {
+      append_u_escape(out, 0xD800 + ((cp - 0x10000) >> 10));
+      append_u_escape(out, 0xDC00 + ((cp - 0x10000) & 0x3FF));
+    } else {
+      append_u_escape(out, cp);
+    }
+    i += len;
   }
   out += '"';
 }

@@ -22,6 +22,10 @@ std::optional<uint64_t> parse_u64(std::string_view text, std::string* why);
 // does: \" \\ \b \f \n \r \t, other control characters as \u00xx
 // (lowercase hex), everything else (DEL, '/', non-ASCII) as is.
 void append_json_string(std::string& out, std::string_view s);
+// The same with every non-ASCII character escaped as \uXXXX (lowercase hex,
+// a surrogate pair above U+FFFF), as Python's json.dumps writes by default:
+// the form of the index files transformers writes. `s` must be UTF-8.
+void append_json_string_ascii(std::string& out, std::string_view s);
 
 // Nesting limit of every JSON document we read (serde_json's is 128).
 inline constexpr int kMaxDepth = 127;

@@ -277,13 +277,14 @@ std::string index_json(const stream::Manifest& m, const OutputPlan& p, const Opt
     }
   }
   std::sort(entries.begin(), entries.end());
-  // As transformers writes it: sorted keys, two-space indent, final newline.
+  // As transformers writes it (json.dumps): sorted keys, two-space indent,
+  // non-ASCII escaped, final newline.
   std::string j = "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(total) + "\n  },\n  \"weight_map\": {";
   for (size_t k = 0; k < entries.size(); ++k) {
     j += k ? ",\n    " : "\n    ";
-    json::append_json_string(j, entries[k].first);
+    json::append_json_string_ascii(j, entries[k].first);
     j += ": ";
-    json::append_json_string(j, entries[k].second);
+    json::append_json_string_ascii(j, entries[k].second);
   }
   j += entries.empty() ? "}\n}\n" : "\n  }\n}\n";
   return j;

@@ -14,6 +14,7 @@
 
 #include "catch.hpp"
 #include "error.hpp"
+#include "json_util.hpp"
 #include "safetensors.hpp"
 
 using st::Dtype;
@@ -681,4 +682,17 @@ TEST_CASE("Shape: equal dimensions are one interned object", "[safetensors][shap
     for (size_t t = 1; t < got.size(); ++t) CHECK(got[t] == got[0]);
     for (uint64_t i = 0; i < 200; ++i) CHECK(*got[0][i] == i);
   }
+}
+
+TEST_CASE("JSON strings as serde_json writes them, and as Python's json.dumps does", "[safetensors][json]") {
+  // e-acute, DEL, U+1F600, a quote, a newline, U+0001, a slash.
+  const std::string text = "\xC3\xA9\x7F\xF0\x9F\x98\x80\"\n\x01/";
+  std::string serde;
+  st::json::append_json_string(serde, text);
+  // serde_json: non-ASCII and DEL as they are (safetensors-format.md §5).
+  CHECK(serde == "\"\xC3\xA9\x7F\xF0\x9F\x98\x80\\\"\\n\\u0001/\"");
+  std::string python;
+  st::json::append_json_string_ascii(python, text);
+  // json.dumps("\u00e9\x7f\U0001F600\"\n\x01/") in Python 3.
+  CHECK(python == R"("\u00e9\u007f\ud83d\ude00\"\n\u0001/")");
 }
