@@ -1,8 +1,8 @@
 #include "dtype.hpp"
 
 #include <array>
-#include <mutex>
-#include <set>
+
+#include "intern.hpp"
 
 namespace st {
 
@@ -35,14 +35,6 @@ bool is_fp8_weight_dtype(Dtype d) {
 }
 
 namespace {
-struct ShapePool {
-  std::mutex lock;
-  std::set<std::vector<uint64_t>> shapes;  // set nodes do not move
-};
-ShapePool& shape_pool() {
-  static ShapePool* pool = new ShapePool;  // lives to the end: threads may still read shapes at exit
-  return *pool;
-}
 // [] is common (every scalar, and every Shape made before its value) and
 // needs no lock: it is one object outside the pool.
 const std::vector<uint64_t>& scalar_dims() {
@@ -53,18 +45,10 @@ const std::vector<uint64_t>& scalar_dims() {
 
 Shape::Shape() : dims_(&scalar_dims()) {}
 
-Shape::Shape(const std::vector<uint64_t>& dims) : dims_(&scalar_dims()) {
-  if (dims.empty()) return;
-  ShapePool& pool = shape_pool();
-  std::lock_guard<std::mutex> hold(pool.lock);
-  dims_ = &*pool.shapes.insert(dims).first;
-}
+Shape::Shape(const std::vector<uint64_t>& dims)
+    : dims_(dims.empty() ? &scalar_dims() : InternPool<std::vector<uint64_t>>::intern(dims)) {}
 
-void Shape::clear_pool() {
-  ShapePool& pool = shape_pool();
-  std::lock_guard<std::mutex> hold(pool.lock);
-  pool.shapes.clear();
-}
+void Shape::clear_pool() { InternPool<std::vector<uint64_t>>::clear(); }
 
 std::string shape_text(const std::vector<uint64_t>& shape) {
   std::string s = "[";

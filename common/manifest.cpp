@@ -9,12 +9,11 @@
 
 #include <algorithm>
 #include <cstring>
-#include <new>
 #include <iterator>
-#include <mutex>
-#include <set>
+#include <new>
 
 #include "error.hpp"
+#include "intern.hpp"
 #include "json_util.hpp"
 #include "stream_format.hpp"
 
@@ -433,29 +432,11 @@ const std::string& SharedString::empty_string() {
   return none;
 }
 
-namespace {
-struct StringPool {
-  std::mutex lock;
-  std::set<std::string> strings;  // set nodes do not move
-};
-StringPool& string_pool() {
-  static StringPool* pool = new StringPool;  // lives to the end: threads may still read at exit
-  return *pool;
-}
-}  // namespace
-
 SharedString::SharedString(const std::string& s) {
-  if (s.empty()) return;
-  StringPool& pool = string_pool();
-  std::lock_guard<std::mutex> hold(pool.lock);
-  p_ = &*pool.strings.insert(s).first;
+  if (!s.empty()) p_ = InternPool<std::string>::intern(s);
 }
 
-void SharedString::clear_pool() {
-  StringPool& pool = string_pool();
-  std::lock_guard<std::mutex> hold(pool.lock);
-  pool.strings.clear();
-}
+void SharedString::clear_pool() { InternPool<std::string>::clear(); }
 
 NameIndex::NameIndex(const std::vector<TensorInfo>& tensors)
     : tensors_(tensors),
