@@ -558,7 +558,7 @@ void write_manifest(W& w, const Manifest& m, const ManifestChanges* changes) {
           put(w, p.scale2);
         }
         key(w, "convention");
-        put(w, p.convention);
+        put(w, p.convention.str());
         key(w, "layout");
         put(w, layout_name(p.layout));
         if (p.layout == ScaleLayout::Block) {

@@ -60,7 +60,7 @@ struct ScalePairing {
   std::string weight;
   std::string scale;            // "" when the weight has no scale
   std::string scale2;           // a second, scalar factor (musubi scale_weight_tensor), or ""
-  std::string convention;       // the matcher row that paired them ("" when no scale)
+  SharedString convention;      // the matcher row that paired them ("" when no scale); a few names, interned
   Dtype format = Dtype::F8_E4M3;        // how the weight's bytes decode (its dtype, or the
                                          // FP8 type of a U8/I8 container)
   Dtype scale_format = Dtype::F32;      // how the scale's bytes decode (U8 exponents: F8_E8M0)
