@@ -22,8 +22,9 @@ using json::quote;
 // reference does). Numbers arrive as raw text so they stay exact.
 class HeaderHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, HeaderHandler> {
  public:
+  explicit HeaderHandler(EntryTable& table) : table_(table) {}
   std::string error;
-  Header header;
+  HeaderInfo header;  // all but the entries, which go to the table
 
   bool Null() { return value_kind("null"); }
   bool Bool(bool) { return value_kind("a boolean"); }
@@ -140,7 +141,7 @@ class HeaderHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Hea
             field_ = f;
             return bad("tensor " + quote(name_) + ": missing field '" + field_name() + "'");
           }
-        header.tensors.push_back(std::move(cur_));
+        table_.add(std::move(cur_));
         state_ = State::Root;
         return true;
       case State::Root: state_ = State::Done; return true;
@@ -242,6 +243,7 @@ class HeaderHandler : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, Hea
   std::string name_;
   TensorEntry cur_;
   std::vector<uint64_t> dims_;  // the shape being read (interned at its end)
+  EntryTable& table_;
 };
 
 // The header text in pieces: bytes [at, at + n) of it, as a view that stays
@@ -330,15 +332,65 @@ size_t check_header_text(const HeaderPiece& piece, uint64_t size) {
   return keys;
 }
 
-Header parse_header_pieces(uint64_t size, const HeaderPiece& piece, uint64_t file_size) {
+// The checks over all entries, in the reference's order: unique names, then
+// (in data order) offsets that tile the data section with sizes that match.
+void check_entries(EntryTable& t, uint64_t data_size) {
+  const size_t n = t.size();
+  // Names are unique (the reference keeps the last of a repeated one; we refuse).
+  if (const std::string* twice = repeated_name(n, [&](size_t i) -> const std::string& { return t.name(i); }))
+    fail("invalid header: duplicate tensor name " + quote(*twice));
+
+  // Data order (usually already so: no sort, no sort buffer), then the
+  // reference's contiguity walk.
+  auto before = [&](size_t a, size_t b) {
+    return t.begin(a) != t.begin(b) ? t.begin(a) < t.begin(b) : t.end(a) < t.end(b);
+  };
+  bool sorted = true;
+  for (size_t i = 1; i < n && sorted; ++i) sorted = !before(i, i - 1);
+  if (!sorted) {
+    std::vector<uint32_t> order(n);
+    for (uint32_t i = 0; i < n; ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), before);
+    t.reorder(order);
+  }
+  uint64_t cursor = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const std::string& name = t.name(i);
+    const uint64_t begin = t.begin(i), end = t.end(i);
+    const Dtype dtype = t.dtype(i);
+    const Shape& shape = t.shape(i);
+    if (begin != cursor || end < begin)
+      fail("tensor " + quote(name) + ": data_offsets [" + std::to_string(begin) + "," + std::to_string(end) + "] " +
+           (end < begin ? "are reversed" : begin < cursor ? "overlap the previous tensor" : "leave a hole before this tensor") +
+           " (expected to start at " + std::to_string(cursor) + ")");
+    ByteSize size;
+    switch (tensor_size(dtype, shape.data(), shape.size(), size)) {
+      case SizeError::Overflow:
+        fail("tensor " + quote(name) + ": shape " + shape_text(shape) + " overflows 64 bits");
+      case SizeError::Misaligned:
+        fail("tensor " + quote(name) + ": " + std::string(dtype_name(dtype)) + " shape " + shape_text(shape) +
+             " is not a whole number of bytes");
+      case SizeError::None: break;
+    }
+    if (end - begin != size.bytes)
+      fail("tensor " + quote(name) + ": data_offsets cover " + std::to_string(end - begin) + " bytes but " +
+           std::string(dtype_name(dtype)) + " " + shape_text(shape) + " needs " + std::to_string(size.bytes));
+    cursor = end;
+  }
+  if (cursor != data_size)
+    fail("tensors cover " + std::to_string(cursor) + " data bytes but the file has " + std::to_string(data_size) +
+         (data_size < cursor ? " (file truncated?)" : " (trailing bytes after the last tensor)"));
+}
+
+HeaderInfo parse_header_pieces(uint64_t size, const HeaderPiece& piece, uint64_t file_size, EntryTable& table) {
   const size_t keys = check_header_text(piece, size);
   PieceStream stream(piece, size);
   rapidjson::Reader reader;
-  HeaderHandler handler;
+  HeaderHandler handler(table);
   // Room for every entry up front (capped by the smallest entry), so a
-  // million entries are not copied while the vector grows.
+  // million entries are not copied while the table grows.
   constexpr size_t kSmallestEntry = sizeof R"("":{"dtype":"U8","shape":[],"data_offsets":[0,0]},)" - 1;
-  handler.header.tensors.reserve(std::min<uint64_t>(keys, size / kSmallestEntry + 1));
+  table.reserve(std::min<uint64_t>(keys, size / kSmallestEntry + 1));
   constexpr unsigned kFlags = rapidjson::kParseIterativeFlag | rapidjson::kParseNumbersAsStringsFlag |
                               rapidjson::kParseValidateEncodingFlag;
   if (!reader.Parse<kFlags>(stream, handler)) {
@@ -355,49 +407,42 @@ Header parse_header_pieces(uint64_t size, const HeaderPiece& piece, uint64_t fil
     }
     fail("invalid header: " + what);
   }
-
-  Header h = std::move(handler.header);
+  HeaderInfo h = std::move(handler.header);
   h.data_start = 8 + size;
   h.data_size = file_size - h.data_start;
+  check_entries(table, h.data_size);
+  return h;
+}
 
-  // Names are unique (the reference keeps the last of a repeated one; we refuse).
-  if (const std::string* twice = repeated_name(h.tensors.size(), [&](size_t i) -> const std::string& { return h.tensors[i].name; }))
-    fail("invalid header: duplicate tensor name " + quote(*twice));
-
-  // Data order (usually already so: no sort, no sort buffer), then the
-  // reference's contiguity walk.
-  auto by_offset = [](const TensorEntry& a, const TensorEntry& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  };
-  if (!std::is_sorted(h.tensors.begin(), h.tensors.end(), by_offset))
-    std::stable_sort(h.tensors.begin(), h.tensors.end(), by_offset);
-  uint64_t cursor = 0;
-  for (const auto& t : h.tensors) {
-    if (t.begin != cursor || t.end < t.begin)
-      fail("tensor " + quote(t.name) + ": data_offsets [" + std::to_string(t.begin) + "," +
-           std::to_string(t.end) + "] " +
-           (t.end < t.begin ? "are reversed" : t.begin < cursor ? "overlap the previous tensor"
-                                                                : "leave a hole before this tensor") +
-           " (expected to start at " + std::to_string(cursor) + ")");
-    ByteSize size;
-    switch (tensor_size(t.dtype, t.shape.data(), t.shape.size(), size)) {
-      case SizeError::Overflow:
-        fail("tensor " + quote(t.name) + ": shape " + shape_text(t.shape) + " overflows 64 bits");
-      case SizeError::Misaligned:
-        fail("tensor " + quote(t.name) + ": " + std::string(dtype_name(t.dtype)) + " shape " +
-             shape_text(t.shape) + " is not a whole number of bytes");
-      case SizeError::None: break;
-    }
-    if (t.end - t.begin != size.bytes)
-      fail("tensor " + quote(t.name) + ": data_offsets cover " + std::to_string(t.end - t.begin) +
-           " bytes but " + std::string(dtype_name(t.dtype)) + " " + shape_text(t.shape) + " needs " +
-           std::to_string(size.bytes));
-    cursor = t.end;
+// A Header's own vector as the table.
+class VectorTable : public EntryTable {
+ public:
+  explicit VectorTable(std::vector<TensorEntry>& v) : v_(v) {}
+  void reserve(size_t n) override { v_.reserve(n); }
+  void add(TensorEntry&& e) override { v_.push_back(std::move(e)); }
+  size_t size() const override { return v_.size(); }
+  const std::string& name(size_t i) const override { return v_[i].name; }
+  Dtype dtype(size_t i) const override { return v_[i].dtype; }
+  const Shape& shape(size_t i) const override { return v_[i].shape; }
+  uint64_t begin(size_t i) const override { return v_[i].begin; }
+  uint64_t end(size_t i) const override { return v_[i].end; }
+  void reorder(const std::vector<uint32_t>& order) override {
+    std::vector<TensorEntry> sorted;
+    sorted.reserve(v_.size());
+    for (uint32_t i : order) sorted.push_back(std::move(v_[i]));
+    v_ = std::move(sorted);
   }
-  if (cursor != h.data_size)
-    fail("tensors cover " + std::to_string(cursor) + " data bytes but the file has " +
-         std::to_string(h.data_size) +
-         (h.data_size < cursor ? " (file truncated?)" : " (trailing bytes after the last tensor)"));
+
+ private:
+  std::vector<TensorEntry>& v_;
+};
+
+Header with_entries(HeaderInfo info, std::vector<TensorEntry>&& tensors) {
+  Header h;
+  h.metadata = std::move(info.metadata);
+  h.tensors = std::move(tensors);
+  h.data_start = info.data_start;
+  h.data_size = info.data_size;
   return h;
 }
 
@@ -405,10 +450,21 @@ Header parse_header_pieces(uint64_t size, const HeaderPiece& piece, uint64_t fil
 
 Header parse_header(std::span<const uint8_t> bytes, uint64_t file_size) {
   const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-  return parse_header_pieces(text.size(), [&](uint64_t at, size_t n) { return text.substr(at, n); }, file_size);
+  std::vector<TensorEntry> tensors;
+  VectorTable table(tensors);
+  HeaderInfo info =
+      parse_header_pieces(text.size(), [&](uint64_t at, size_t n) { return text.substr(at, n); }, file_size, table);
+  return with_entries(std::move(info), std::move(tensors));
 }
 
 Header read_header(const io::InputFile& file) {
+  std::vector<TensorEntry> tensors;
+  VectorTable table(tensors);
+  HeaderInfo info = read_header_into(file, table);
+  return with_entries(std::move(info), std::move(tensors));
+}
+
+HeaderInfo read_header_into(const io::InputFile& file, EntryTable& table) {
   const uint64_t size = file.size();
   try {
     if (size < 8) fail("file too small to be safetensors (" + std::to_string(size) + " bytes, need at least 8)");
@@ -431,7 +487,7 @@ Header read_header(const io::InputFile& file) {
           file.pread_exact(8 + at, piece.data(), len);
           return std::string_view(piece);
         },
-        size);
+        size, table);
   } catch (const BrokenPipe&) {
     throw;
   } catch (const Error& e) {

@@ -49,6 +49,38 @@ Header parse_header(std::span<const uint8_t> header_json, uint64_t file_size);
 // error messages start with the file's path.
 Header read_header(const io::InputFile& file);
 
+// Where a header's entries go while it is read, for a reader that keeps
+// its own table (st-list moves them into the manifest's): each entry is
+// added as it is parsed, in header order, and read back by position for the
+// checks over all of them (unique names, offsets that tile the data). So the
+// entries are never held twice.
+class EntryTable {
+ public:
+  virtual ~EntryTable() = default;
+  virtual void reserve(size_t n) = 0;  // a hint, before the first add
+  virtual void add(TensorEntry&& e) = 0;
+  virtual size_t size() const = 0;
+  virtual const std::string& name(size_t i) const = 0;
+  virtual Dtype dtype(size_t i) const = 0;
+  virtual const Shape& shape(size_t i) const = 0;
+  virtual uint64_t begin(size_t i) const = 0;
+  virtual uint64_t end(size_t i) const = 0;
+  // Puts the entries in this order (positions in data order); called only
+  // when they were not in data order already.
+  virtual void reorder(const std::vector<uint32_t>& order) = 0;
+};
+
+// The rest of a header.
+struct HeaderInfo {
+  std::optional<Metadata> metadata;
+  uint64_t data_start = 0;
+  uint64_t data_size = 0;
+};
+
+// read_header with the entries going to `table`, in data order when it
+// returns; the same checks, in the same order, with the same messages.
+HeaderInfo read_header_into(const io::InputFile& file, EntryTable& table);
+
 // The exact bytes of a header (8-byte length + JSON padded with spaces so the
 // data starts at a multiple of 8), for tensors laid out in the given order.
 // `tensors[i].begin/end` must already be assigned.

@@ -52,6 +52,48 @@ std::vector<size_t> select(const std::vector<stream::TensorInfo>& all, const Lis
 
 constexpr size_t kReadPiece = 256u << 10;
 
+// The manifest's table as the table a header is read into: each entry's
+// name and shape go straight into `all`, its offsets into the shard's
+// spans, so st-list never holds a header's entries and the manifest's
+// table at once (a million tensors).
+class ManifestEntries : public safetensors::EntryTable {
+ public:
+  ManifestEntries(std::vector<stream::TensorInfo>& all, std::vector<Span>& spans, stream::SharedString source)
+      : all_(all), base_(all.size()), spans_(spans), source_(std::move(source)) {}
+  void reserve(size_t n) override {
+    all_.reserve(base_ + n);
+    spans_.reserve(n);
+  }
+  void add(safetensors::TensorEntry&& e) override {
+    all_.push_back({std::move(e.name), e.dtype, e.shape, e.end - e.begin, source_});
+    spans_.push_back({e.begin, e.end});
+  }
+  size_t size() const override { return spans_.size(); }
+  const std::string& name(size_t i) const override { return all_[base_ + i].name; }
+  Dtype dtype(size_t i) const override { return all_[base_ + i].dtype; }
+  const Shape& shape(size_t i) const override { return all_[base_ + i].shape; }
+  uint64_t begin(size_t i) const override { return spans_[i].begin; }
+  uint64_t end(size_t i) const override { return spans_[i].end; }
+  void reorder(const std::vector<uint32_t>& order) override {
+    std::vector<stream::TensorInfo> infos;
+    std::vector<Span> spans;
+    infos.reserve(order.size());
+    spans.reserve(order.size());
+    for (uint32_t i : order) {
+      infos.push_back(std::move(all_[base_ + i]));
+      spans.push_back(spans_[i]);
+    }
+    std::move(infos.begin(), infos.end(), all_.begin() + static_cast<std::ptrdiff_t>(base_));
+    spans_ = std::move(spans);
+  }
+
+ private:
+  std::vector<stream::TensorInfo>& all_;
+  size_t base_;
+  std::vector<Span>& spans_;
+  stream::SharedString source_;
+};
+
 // Indices (file order) of the header's tensors that are in `names`.
 std::vector<size_t> selected_in(const safetensors::Header& h, const std::set<std::string>& names) {
   std::vector<size_t> kept;
@@ -89,17 +131,12 @@ SafetensorsSource::SafetensorsSource(model_input::ModelInput input, const ListOp
   for (uint32_t s = 0; s < input_.files.size(); ++s) {
     Shard shard;
     shard.file = std::make_unique<io::InputFile>(input_.files[s]);
-    shard.header = safetensors::read_header(*shard.file);
-    const stream::SharedString source(paths::absolute(input_.files[s]));
-    all.reserve(all.size() + shard.header.tensors.size());
-    all_refs.reserve(all.size() + shard.header.tensors.size());
-    for (uint32_t e = 0; e < shard.header.tensors.size(); ++e) {
-      auto& t = shard.header.tensors[e];
-      // Name and shape move to the manifest's table (one copy of a million
-      // names, not two); the header keeps where the bytes are.
-      all.push_back({std::move(t.name), t.dtype, std::move(t.shape), t.nbytes(), source});
-      all_refs.push_back({s, e});
-    }
+    // Name and shape go to the manifest's table as the header is read; the
+    // shard keeps where the bytes are.
+    ManifestEntries entries(all, shard.spans, stream::SharedString(paths::absolute(input_.files[s])));
+    shard.header = safetensors::read_header_into(*shard.file, entries);
+    all_refs.reserve(all.size());
+    for (uint32_t e = 0; e < shard.spans.size(); ++e) all_refs.push_back({s, e});
     shards_.push_back(std::move(shard));
   }
   if (input_.files.size() > 1) drop_repeated_tensors(all, all_refs);  // read_header() refuses them within a file
@@ -169,7 +206,7 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
   std::vector<HashState> hs(shards_.size());
   std::function<void(uint32_t)> catch_up;
   // Reads a tensor in chunks, passing each to `sink` and to its file's hash.
-  auto read = [&](uint32_t s, const safetensors::TensorEntry& t, auto&& sink) {
+  auto read = [&](uint32_t s, const Span& t, auto&& sink) {
     const Shard& sh = shards_[s];
     uint64_t pos = sh.header.data_start + t.begin, left = t.nbytes();
     while (left > 0) {
@@ -191,7 +228,7 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
     for (auto it = h.skipped.find(h.sha->covered()); it != h.skipped.end(); it = h.skipped.find(h.sha->covered())) {
       const uint32_t e = it->second;
       h.skipped.erase(it);
-      read(s, shards_[s].header.tensors[e], [](std::span<const uint8_t>) {});
+      read(s, shards_[s].spans[e], [](std::span<const uint8_t>) {});
     }
     h.catching_up = false;
   };
@@ -204,15 +241,15 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
       std::vector<uint8_t> head(sh.header.data_start);
       sh.file->pread_exact(0, head.data(), head.size());
       hs[s].sha->feed(0, head);
-      for (uint32_t e = 0; e < sh.header.tensors.size(); ++e)
-        if (!streamed.count({s, e}) && sh.header.tensors[e].nbytes() > 0)
-          hs[s].skipped.emplace(sh.header.data_start + sh.header.tensors[e].begin, e);
+      for (uint32_t e = 0; e < sh.spans.size(); ++e)
+        if (!streamed.count({s, e}) && sh.spans[e].nbytes() > 0)
+          hs[s].skipped.emplace(sh.header.data_start + sh.spans[e].begin, e);
       catch_up(s);
     }
   }
   for (size_t i = 0; i < refs_.size(); ++i) {
     const Ref r = refs_[i];
-    read(r.shard, shards_[r.shard].header.tensors[r.entry],
+    read(r.shard, shards_[r.shard].spans[r.entry],
          [&](std::span<const uint8_t> b) { w.data(static_cast<uint32_t>(i), b); });
     w.end_tensor(static_cast<uint32_t>(i));
   }
@@ -250,8 +287,8 @@ void SafetensorsSource::drop_repeated_tensors(std::vector<stream::TensorInfo>& a
 }
 
 // Keeps all[kept[j]] (kept ascending) at position j, moved, not copied: a
-// header may list a million tensors. A tensor left out gets its name and
-// shape back in its header entry (read_tensor finds it there by name).
+// header may list a million tensors. A tensor left out keeps its name in
+// left_out_ (read_tensor finds it there).
 void SafetensorsSource::keep_only(std::vector<stream::TensorInfo>& all, std::vector<Ref>& refs,
                                   const std::vector<size_t>& kept) {
   for (size_t i = 0, k = 0; i < all.size(); ++i) {
@@ -259,9 +296,7 @@ void SafetensorsSource::keep_only(std::vector<stream::TensorInfo>& all, std::vec
       ++k;
       continue;
     }
-    auto& entry = shards_[refs[i].shard].header.tensors[refs[i].entry];
-    entry.name = std::move(all[i].name);
-    entry.shape = std::move(all[i].shape);
+    left_out_.emplace_back(std::move(all[i].name), refs[i]);
   }
   for (size_t j = 0; j < kept.size(); ++j)
     if (kept[j] != j) {
@@ -275,18 +310,17 @@ void SafetensorsSource::keep_only(std::vector<stream::TensorInfo>& all, std::vec
 SafetensorsSource::~SafetensorsSource() = default;
 
 std::vector<uint8_t> SafetensorsSource::read_tensor(const std::string& name) const {
-  auto read = [](const Shard& sh, const safetensors::TensorEntry& t) {
+  auto read = [](const Shard& sh, const Span& t) {
     std::vector<uint8_t> bytes(t.nbytes());
     sh.file->pread_exact(sh.header.data_start + t.begin, bytes.data(), bytes.size());
     return bytes;
   };
   if (const long i = index_->find(name); i >= 0) {
     const Ref r = refs_[static_cast<size_t>(i)];
-    return read(shards_[r.shard], shards_[r.shard].header.tensors[r.entry]);
+    return read(shards_[r.shard], shards_[r.shard].spans[r.entry]);
   }
-  for (const Shard& sh : shards_)  // a tensor --include/--exclude left out
-    for (const auto& t : sh.header.tensors)
-      if (t.name == name) return read(sh, t);
+  for (const auto& [n, r] : left_out_)  // a tensor --include/--exclude left out
+    if (n == name) return read(shards_[r.shard], shards_[r.shard].spans[r.entry]);
   throw Error("internal: no tensor " + name);
 }
 

@@ -31,6 +31,12 @@ struct ListOptions {
   bool headers_only = false;
 };
 
+// Where a tensor's bytes are in its file, relative to the data section.
+struct Span {
+  uint64_t begin, end;
+  uint64_t nbytes() const { return end - begin; }
+};
+
 class SafetensorsSource {
  public:
   // Validates every header (and an index against its shards); selects
@@ -66,7 +72,8 @@ class SafetensorsSource {
  private:
   struct Shard {
     std::unique_ptr<io::InputFile> file;
-    safetensors::Header header;
+    safetensors::HeaderInfo header;  // metadata and where the data starts
+    std::vector<Span> spans;         // per header entry, in data order
   };
   struct Ref {
     uint32_t shard;
@@ -80,6 +87,7 @@ class SafetensorsSource {
   std::vector<Shard> shards_;
   stream::Manifest manifest_;
   std::vector<Ref> refs_;  // manifest index -> where its bytes are
+  std::vector<std::pair<std::string, Ref>> left_out_;  // tensors --include/--exclude left out (read_tensor)
   std::unique_ptr<stream::NameIndex> index_;  // for read_tensor: a report reads every scale
   std::vector<stream::MatchProblem> index_problems_;
 };
