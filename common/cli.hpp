@@ -28,7 +28,6 @@ class Args {
  public:
   // Throws std::logic_error for a name no option was declared with.
   size_t count(const std::string& name) const;
-  bool has(const std::string& name) const { return count(name) > 0; }
   // The value of an option that takes one (its default when not given);
   // throws std::logic_error for an option without one.
   const std::string& str(const std::string& name) const;

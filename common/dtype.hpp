@@ -47,7 +47,6 @@ class Shape {
   Shape(const std::vector<uint64_t>& dims);  // NOLINT: converts like a vector
   Shape(std::initializer_list<uint64_t> dims) : Shape(std::vector<uint64_t>(dims)) {}
 
-  const std::vector<uint64_t>& dims() const { return *dims_; }
   operator const std::vector<uint64_t>&() const { return *dims_; }  // NOLINT
   operator std::span<const uint64_t>() const { return *dims_; }     // NOLINT
   size_t size() const { return dims_->size(); }

@@ -106,7 +106,7 @@ void append_json_string_ascii(std::string& out, std::string_view s) {
       ++i;
       continue;
     }
-    const size_t len = p[i] >= 0xF0 ? 4 : p[i] >= 0xE0 ? 3 : 2;
+    const size_t len = utf8_length(p[i]);  // 2-4 for the UTF-8 callers pass
     if (i + len > s.size()) break;  // not UTF-8 (callers pass valid text)
     unsigned cp = p[i] & (len == 2 ? 0x1F : len == 3 ? 0x0F : 0x07);
     for (size_t k = 1; k < len; ++k) cp = (cp << 6) | (p[i + k] & 0x3F);

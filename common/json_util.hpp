@@ -13,6 +13,9 @@ namespace st::json {
 
 // Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF.
 bool valid_utf8(std::string_view s);
+// Bytes of the UTF-8 sequence a byte begins (1 for ASCII and for bytes that
+// cannot begin one), for code that walks text known to be, or checked as, UTF-8.
+inline size_t utf8_length(unsigned char lead) { return lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1; }
 
 // A JSON number's text as an exact u64; nullopt with a reason otherwise
 // (negative, fractional, exponent, too large).

@@ -311,7 +311,7 @@ size_t check_header_text(const HeaderPiece& piece, uint64_t size) {
       for (size_t back = 1; back <= 4 && back <= v.size(); ++back) {
         const auto c = static_cast<unsigned char>(v[v.size() - back]);
         if ((c & 0xC0) == 0x80) continue;  // a continuation byte: look further back
-        const size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        const size_t len = json::utf8_length(c);
         if (len > back) v.remove_suffix(back);
         break;
       }
