@@ -14,8 +14,9 @@ using stream::Event;
 using stream::ScaleLayout;
 using stream::ScalePairing;
 using stream::TensorInfo;
+using stream::TensorView;
 
-void convert_chunk(const TensorInfo& w, const ScalePairing& pair, const std::vector<float>& scale,
+void convert_chunk(const stream::TensorView& w, const ScalePairing& pair, const std::vector<float>& scale,
                    fp8::Target target, uint64_t first, const uint8_t* in, size_t n, uint8_t* out,
                    fp8::Loss& loss) {
   const Dtype format = is_fp8_weight_dtype(w.dtype) ? w.dtype : pair.format;
@@ -119,7 +120,7 @@ stream::Manifest output_fields(const stream::Manifest& m, const stream::Matching
 }
 
 // Input tensor `in` as it is written: under `name`, in the target type when converted.
-void output_tensor(const TensorInfo& in, std::string_view name, bool converted, fp8::Target target, TensorInfo& out) {
+void output_tensor(const TensorView& in, std::string_view name, bool converted, fp8::Target target, TensorInfo& out) {
   out.name.assign(name);
   out.dtype = converted ? fp8::target_dtype(target) : in.dtype;
   out.shape = in.shape;
@@ -135,10 +136,11 @@ stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matchi
   std::vector<bool> converted(m.tensors.size(), false);
   for (const auto& p : mt.pairs) converted[index.position(p.weight)] = true;
   const scales::OutputNames names(m, mt);
-  om.tensors.resize(names.size());
+  TensorInfo t;
   for (size_t k = 0; k < names.size(); ++k) {
     const size_t i = names.input(k);
-    output_tensor(m.tensors[i], names.name(k), converted[i], target, om.tensors[k]);
+    output_tensor(m.tensors[i], names.name(k), converted[i], target, t);
+    om.tensors.push_back(t);
   }
   return om;
 }
@@ -154,81 +156,95 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   check_problems(mt, opt);
   if (recorded) scales::validate(m, mt);
 
-  // Per input tensor, 4 bytes each where it can be: a million tensors count.
+  // Per input tensor, 5 bytes and a bit: a million tensors count.
   const size_t n = m.tensors.size();
-  const stream::NameIndex index(m);
   std::vector<Action> action(n, Action::Pass);
-  std::vector<int32_t> pair_of(n, -1);    // Convert: index into mt.pairs
+  // Convert: the index of its pair in mt.pairs; HoldScale: its slot in
+  // held and decoded. (A tensor is never both: validate() and the matcher
+  // make sure of it.)
+  std::vector<int32_t> arg(n, -1);
   // Per pair: input index of its scale and of its second scale, or -1.
   std::vector<int32_t> scale_of(mt.pairs.size(), -1), scale2_of(mt.pairs.size(), -1);
-  std::vector<int32_t> slot(n, -1);       // HoldScale: index into held and decoded
   size_t nslots = 0;
-  for (const auto& d : mt.drop) action[index.position(d)] = Action::Drop;
-  for (size_t k = 0; k < mt.pairs.size(); ++k) {
-    const auto& p = mt.pairs[k];
-    const size_t w = index.position(p.weight);
-    action[w] = Action::Convert;
-    pair_of[w] = static_cast<int32_t>(k);
-    for (const auto* sname : {&p.scale, &p.scale2}) {
-      if (sname->empty()) continue;
-      const size_t s = index.position(*sname);
-      action[s] = Action::HoldScale;
-      if (slot[s] < 0) slot[s] = static_cast<int32_t>(nslots++);
-      (sname == &p.scale ? scale_of : scale2_of)[k] = static_cast<int32_t>(s);
-      if (s > w)
-        fail("stream order: scale " + json::quote(*sname) + " comes after its weight " + json::quote(p.weight) +
-             "; stages need scales first (st-list orders them so)");
+  {
+    const stream::NameIndex index(m);
+    for (const auto& d : mt.drop) action[index.position(d)] = Action::Drop;
+    for (size_t k = 0; k < mt.pairs.size(); ++k) {
+      const auto& p = mt.pairs[k];
+      const size_t w = index.position(p.weight);
+      if (action[w] == Action::HoldScale) fail("internal: " + json::quote(p.weight) + " is both a weight and a scale");
+      action[w] = Action::Convert;
+      arg[w] = static_cast<int32_t>(k);
+      for (const auto* sname : {&p.scale, &p.scale2}) {
+        if (sname->empty()) continue;
+        const size_t s = index.position(*sname);
+        if (action[s] == Action::Convert) fail("internal: " + json::quote(*sname) + " is both a weight and a scale");
+        if (action[s] != Action::HoldScale) {
+          action[s] = Action::HoldScale;
+          arg[s] = static_cast<int32_t>(nslots++);
+        }
+        (sname == &p.scale ? scale_of : scale2_of)[k] = static_cast<int32_t>(s);
+        if (s > w)
+          fail("stream order: scale " + json::quote(*sname) + " comes after its weight " + json::quote(p.weight) +
+               "; stages need scales first (st-list orders them so)");
+      }
     }
   }
 
   const std::vector<Dtype> scale_format = scales::scale_decode_formats(m, mt);
   Summary sum;
+  // Which input tensors are written: the output is the input in order,
+  // less the dropped ones, so an output index is a count as they arrive.
+  std::vector<bool> written(n, false);
   // The output manifest is made from the input's table as it is written,
-  // never held as a second table.
+  // never held as a second table (the writer also asks it each output
+  // tensor's size as it comes).
   const scales::OutputNames names(m, mt);
-  std::vector<int32_t> out_index(n, -1);
   for (size_t k = 0; k < names.size(); ++k) {
     const size_t i = names.input(k);
-    out_index[i] = static_cast<int32_t>(k);
+    if (k > 0 && i <= names.input(k - 1)) fail("internal: output tensors out of input order");
+    written[i] = true;
     if (action[i] != Action::Convert) ++sum.passed;
-    else if (scale_of[static_cast<size_t>(pair_of[i])] < 0) sum.unscaled.push_back(m.tensors[i].name);
+    else if (scale_of[static_cast<size_t>(arg[i])] < 0) sum.unscaled.emplace_back(m.tensors.name(i));
     else ++sum.converted;
   }
   sum.dropped = n - names.size();
-  {
-    const stream::Manifest fields = output_fields(m, mt, opt.target);
-    TensorInfo scratch;
-    stream::ManifestChanges changes;
-    changes.producer = fields.producer;
-    changes.count = names.size();
-    changes.tensor_at = [&](size_t k) -> const TensorInfo& {
-      const size_t i = names.input(k);
-      output_tensor(m.tensors[i], names.name(k), action[i] == Action::Convert, opt.target, scratch);
-      return scratch;
-    };
-    out.begin(fields, &changes);
-  }
+  for (size_t i = 0; i < n; ++i)
+    if (written[i] != (action[i] == Action::Pass || action[i] == Action::Convert))
+      fail("internal: tensor " + json::quote(m.tensors.name(i)) + (written[i] ? " is written but not passed on" : " is converted but not written"));
+  const stream::Manifest fields = output_fields(m, mt, opt.target);
+  TensorInfo scratch;
+  stream::ManifestChanges changes;
+  changes.producer = fields.producer;
+  changes.count = names.size();
+  changes.tensor_at = [&](size_t k) {
+    const size_t i = names.input(k);
+    output_tensor(m.tensors[i], names.name(k), action[i] == Action::Convert, opt.target, scratch);
+    return scratch.view();
+  };
+  out.begin(fields, &changes);
 
   std::vector<std::vector<uint8_t>> held(nslots);   // raw bytes of scales being received
   fp8::Loss tensor_loss;                             // of the weight being converted
   std::vector<std::vector<float>> decoded(nslots);  // their values once complete
-  auto decoded_of = [&](int32_t scale) -> std::vector<float>& { return decoded[static_cast<size_t>(slot[static_cast<size_t>(scale)])]; };
+  auto decoded_of = [&](int32_t scale) -> std::vector<float>& { return decoded[static_cast<size_t>(arg[static_cast<size_t>(scale)])]; };
+  uint32_t out_index = 0;  // of the tensor arriving, when it is written
   std::vector<uint8_t> buf;
   const size_t ob = fp8::target_bytes(opt.target);
   auto handle = [&](const Event& ev) {
     const size_t i = ev.tensor;
     if (ev.kind == Event::Kind::Data) {
       switch (action[i]) {
-        case Action::Pass: out.data(static_cast<uint32_t>(out_index[i]), ev.data, ev.hash); break;
+        case Action::Pass: out.data(out_index, ev.data, ev.hash); break;
         case Action::HoldScale: {
-          auto& h = held[static_cast<size_t>(slot[i])];
+          auto& h = held[static_cast<size_t>(arg[i])];
           h.insert(h.end(), ev.data.begin(), ev.data.end());
           break;
         }
         case Action::Drop: break;
         case Action::Convert: {
           static const std::vector<float> kNoScale;
-          const int32_t s = scale_of[static_cast<size_t>(pair_of[i])];
+          const int32_t s = scale_of[static_cast<size_t>(arg[i])];
           const auto& scale = s >= 0 ? decoded_of(s) : kNoScale;
           // In pieces whose output stays in the CPU cache while it is
           // converted, hashed and written to the pipe (one DATA frame each),
@@ -236,12 +252,12 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
           for (size_t done = 0; done < ev.data.size(); done += kConvertPiece) {
             const size_t len = std::min(kConvertPiece, ev.data.size() - done);
             buf.resize(len * ob);
-            convert_chunk(m.tensors[i], mt.pairs[static_cast<size_t>(pair_of[i])], scale, opt.target,
+            convert_chunk(m.tensors[i], mt.pairs[static_cast<size_t>(arg[i])], scale, opt.target,
                           ev.offset + done, ev.data.data() + done, len, buf.data(), tensor_loss);
             if (opt.match.strict && tensor_loss.overflow)
               fail("tensor " + json::quote(m.tensors[i].name) + ": values overflow to infinity in " +
                    std::string(fp8::target_suffix(opt.target)) + " (--strict)");
-            out.data(static_cast<uint32_t>(out_index[i]), buf);
+            out.data(out_index, buf);
           }
           break;
         }
@@ -249,24 +265,24 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
       return;
     }
     if (action[i] == Action::HoldScale) {
-      auto& h = held[static_cast<size_t>(slot[i])];
-      decoded[static_cast<size_t>(slot[i])] = fp8::decode_scales(scale_format[i], h);  // U8 exponents decode as E8M0
+      auto& h = held[static_cast<size_t>(arg[i])];
+      decoded[static_cast<size_t>(arg[i])] = fp8::decode_scales(scale_format[i], h);  // U8 exponents decode as E8M0
       std::vector<uint8_t>().swap(h);
       return;
     }
     if (action[i] == Action::Convert && tensor_loss.any()) {
-      if (warn) warn(m.tensors[i].name + ": " + loss_text(tensor_loss) + " in " + std::string(fp8::target_suffix(opt.target)));
+      if (warn) warn(std::string(m.tensors.name(i)) + ": " + loss_text(tensor_loss) + " in " + std::string(fp8::target_suffix(opt.target)));
       sum.loss += tensor_loss;
       ++sum.lossy_tensors;
       tensor_loss = fp8::Loss{};
     }
-    if (out_index[i] >= 0) out.end_tensor(static_cast<uint32_t>(out_index[i]));
+    if (written[i]) out.end_tensor(out_index++);
   };
   // Fold each second-level scale into its first before the weight's data
   // (musubi: the scale is scale_weight * scale_weight_tensor, in f32).
   std::vector<bool> folded(mt.pairs.size(), false);
   auto fold = [&](size_t w) {
-    const auto k = static_cast<size_t>(pair_of[w]);
+    const auto k = static_cast<size_t>(arg[w]);
     if (folded[k] || scale2_of[k] < 0 || scale_of[k] < 0) return;
     folded[k] = true;
     const float s2 = decoded_of(scale2_of[k]).at(0);
@@ -274,7 +290,7 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   };
 
   for (size_t i = 0; i < nmarkers; ++i) {  // markers were read before planning
-    const auto& b = markers.at(m.tensors[i].name);
+    const auto& b = markers.at(std::string(m.tensors.name(i)));
     Event ev;
     ev.tensor = static_cast<uint32_t>(i);
     if (!b.empty()) {

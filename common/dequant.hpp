@@ -49,7 +49,7 @@ stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matchi
 // the layout in `pair` and the decoded `scale` values; writes target bytes.
 // The codes decode as the weight's FP8 dtype, or as pair.format when the
 // weight is a U8/I8 container.
-void convert_chunk(const stream::TensorInfo& weight, const stream::ScalePairing& pair,
+void convert_chunk(const stream::TensorView& weight, const stream::ScalePairing& pair,
                    const std::vector<float>& scale, fp8::Target target, uint64_t first,
                    const uint8_t* in, size_t n, uint8_t* out, fp8::Loss& loss);
 

@@ -5,8 +5,6 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstring>
 #include <iterator>
@@ -145,65 +143,13 @@ struct TensorFields {
   TensorInfo info;
 };
 
-// Memory straight from mmap, given back with munmap when freed. malloc
-// may keep a freed block of 1 MiB in its heap (glibc raises its mapping
-// threshold as mappings are freed, and each thread of st-convert has its
-// own arena): measured on a million tensors, st-convert peaked at 348 MiB
-// with malloc'd blocks and 281 MiB with these; the one-stage tools did not
-// change.
-template <class T>
-struct PageAllocator {
-  using value_type = T;
-  PageAllocator() = default;
-  template <class U>
-  PageAllocator(const PageAllocator<U>&) {}  // NOLINT: rebinding
-  T* allocate(size_t n) {
-    void* p = ::mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
-    return static_cast<T*>(p);
-  }
-  void deallocate(T* p, size_t n) { ::munmap(p, n * sizeof(T)); }
-  friend bool operator==(const PageAllocator&, const PageAllocator&) { return true; }
-};
-
-// Entries in blocks of 1 MiB while their number is unknown, each its own
-// mapping, so moving them into one vector and unmapping block by block
-// gives the memory back as it goes: the vector's pages become resident as
-// the blocks' go away. A vector doubling would hold up to three times the
-// entries, and a deque's blocks stay in the heap once freed.
-class ArrivedEntries {
- public:
-  static constexpr size_t kBlock = (1u << 20) / sizeof(TensorInfo);
-  void push_back(TensorInfo&& t) {
-    if (blocks_.empty() || blocks_.back().size() == kBlock) {
-      blocks_.emplace_back();
-      blocks_.back().reserve(kBlock);
-    }
-    blocks_.back().push_back(std::move(t));
-    ++size_;
-  }
-  void move_into(std::vector<TensorInfo>& out) {
-    out.reserve(out.size() + size_);
-    for (auto& b : blocks_) {
-      std::move(b.begin(), b.end(), std::back_inserter(out));
-      decltype(blocks_)::value_type().swap(b);
-    }
-    blocks_.clear();
-    size_ = 0;
-  }
-
- private:
-  std::vector<std::vector<TensorInfo, PageAllocator<TensorInfo>>> blocks_;
-  size_t size_ = 0;
-};
-
 // SAX handler for a whole manifest: the "tensors" array of the root object
-// becomes TensorInfo entries directly, everything else is forwarded to a
+// becomes rows of the table directly, everything else is forwarded to a
 // Document. A manifest of a million tensors then never exists as a DOM
 // (which costs several times the JSON text).
 class ManifestHandler {
  public:
-  ManifestHandler(rapidjson::Document& doc, ArrivedEntries& out) : doc_(doc), out_(out) {}
+  ManifestHandler(rapidjson::Document& doc, TensorTable& out) : doc_(doc), out_(out) {}
   const std::string& error() const { return error_; }
 
   bool Null() { return in_tensors() ? wrong_value() : doc_.Null(); }
@@ -388,7 +334,7 @@ class ManifestHandler {
     if (tensor_size(info.dtype, info.shape.data(), info.shape.size(), size) != SizeError::None || size.bytes != info.nbytes)
       return fail(where + ": nbytes does not match dtype and shape");
     if (cur_.source == Got::Wrong) return fail(where + " source is not a string");
-    out_.push_back(std::move(info));
+    out_.push_back(info);
     return true;
   }
   bool fail(const std::string& what) {
@@ -398,7 +344,7 @@ class ManifestHandler {
   bool fail_utf8() { return fail("a string escape is not valid UTF-8 (lone surrogate)"); }
 
   rapidjson::Document& doc_;
-  ArrivedEntries& out_;
+  TensorTable& out_;
   SharedString last_source_;  // tensors of one file follow each other: no lock and pool search for each
 
   SharedString shared_source(std::string_view v) {
@@ -429,38 +375,27 @@ std::string_view layout_name(ScaleLayout l) {
   return "?";
 }
 
-const std::string& SharedString::empty_string() {
-  static const std::string none;
-  return none;
-}
-
-SharedString::SharedString(const std::string& s) {
-  if (!s.empty()) p_ = InternPool<std::string>::intern(s);
-}
-
-void SharedString::clear_pool() { InternPool<std::string>::clear(); }
-
-NameIndex::NameIndex(const std::vector<TensorInfo>& tensors)
+NameIndex::NameIndex(const TensorTable& tensors)
     : tensors_(tensors),
-      by_name_(safetensors::positions_by_name(tensors.size(), [&](size_t i) -> const std::string& { return tensors[i].name; })) {}
+      by_name_(safetensors::positions_by_name(tensors.size(), [&](size_t i) { return tensors.name(i); })) {}
 
 long NameIndex::find(std::string_view name) const {
   auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
-                             [&](uint32_t a, std::string_view n) { return std::string_view(tensors_[a].name) < n; });
-  return it != by_name_.end() && tensors_[*it].name == name ? static_cast<long>(*it) : -1;
+                             [&](uint32_t a, std::string_view n) { return tensors_.name(a) < n; });
+  return it != by_name_.end() && tensors_.name(*it) == name ? static_cast<long>(*it) : -1;
 }
 
-size_t NameIndex::position(const std::string& name) const {
+size_t NameIndex::position(std::string_view name) const {
   const long i = find(name);
-  if (i < 0) throw Error("internal: no tensor " + name + " in the manifest");
+  if (i < 0) throw Error("internal: no tensor " + std::string(name) + " in the manifest");
   return static_cast<size_t>(i);
 }
 
-const TensorInfo& NameIndex::at(const std::string& name) const { return tensors_[position(name)]; }
+TensorView NameIndex::at(std::string_view name) const { return tensors_[position(name)]; }
 
 uint64_t Manifest::total_bytes() const {
   uint64_t n = 0;
-  for (const auto& t : tensors) n += t.nbytes;
+  for (size_t i = 0; i < tensors.size(); ++i) n += tensors.nbytes(i);
   return n;
 }
 
@@ -491,7 +426,7 @@ void write_manifest(W& w, const Manifest& m, const ManifestChanges* changes) {
   const bool replaced = changes && changes->tensor_at;
   const size_t count = replaced ? changes->count : m.tensors.size();
   for (size_t k = 0; k < count; ++k) {
-    const TensorInfo& t = replaced ? changes->tensor_at(k) : m.tensors[k];
+    const TensorView t = replaced ? changes->tensor_at(k) : m.tensors[k];
     w.StartObject();
     key(w, "name");
     put(w, t.name);
@@ -655,12 +590,10 @@ Manifest decode_manifest(std::string_view json) {
 Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
   Manifest m;
   // No room is reserved from the frame's length: memory follows the
-  // entries that arrive, not what a frame claims. They move once into
-  // place below.
-  ArrivedEntries arrived;
+  // entries that arrive, not what a frame claims.
   rapidjson::Document doc;
   rapidjson::Reader reader;
-  ManifestHandler handler(doc, arrived);
+  ManifestHandler handler(doc, m.tensors);
   PieceInput in(more);
   auto generate = [&](rapidjson::Document&) {
     return !reader.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(in, handler).IsError();
@@ -677,7 +610,6 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
   if (const auto k = repeated_key(doc)) bad("an object has the key " + json::quote(*k) + " twice");
   if (get_string(member(doc, "format", "manifest"), "format") != "st-stream") bad("format is not 'st-stream'");
 
-  arrived.move_into(m.tensors);
   m.producer = get_string(member(doc, "producer", "manifest"), "producer");
   const Value& md = member(doc, "metadata", "manifest");
   if (md.IsObject()) {
@@ -691,7 +623,7 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
 
   // The entries themselves were checked and built by the handler.
   if (!member(doc, "tensors", "manifest").IsArray()) bad("tensors is not an array");
-  if (const std::string* twice = safetensors::repeated_name(m.tensors.size(), [&](size_t i) -> const std::string& { return m.tensors[i].name; }))
+  if (const auto twice = safetensors::repeated_name(m.tensors.size(), [&](size_t i) { return m.tensors.name(i); }))
     bad("duplicate tensor name " + json::quote(*twice));
 
   if (auto it = doc.FindMember("quantization_config"); it != doc.MemberEnd() && !it->value.IsNull()) {

@@ -12,44 +12,9 @@
 
 #include "dtype.hpp"
 #include "safetensors.hpp"
+#include "tensor_table.hpp"
 
 namespace st::stream {
-
-// Text that many tensors hold the same of (the file they came from):
-// interned, like Shape, so a million-tensor table holds a pointer per tensor,
-// not a million paths. Read-only; thread-safe.
-class SharedString {
- public:
-  SharedString() = default;
-  SharedString(const std::string& s);  // NOLINT: converts like a string
-  SharedString(const char* s) : SharedString(std::string(s)) {}  // NOLINT
-
-  const std::string& str() const { return p_ ? *p_ : empty_string(); }
-  operator const std::string&() const { return str(); }  // NOLINT
-  bool empty() const { return !p_; }
-  const char* c_str() const { return str().c_str(); }
-
-  // Interned: equal texts are the same object.
-  friend bool operator==(const SharedString& a, const SharedString& b) { return a.p_ == b.p_; }
-  friend bool operator==(const SharedString& a, const std::string& b) { return a.str() == b; }
-  friend bool operator==(const SharedString& a, const char* b) { return a.str() == b; }
-
-  // Frees every interned text. Only where no non-empty SharedString is
-  // alive: a fuzz target between inputs.
-  static void clear_pool();
-
- private:
-  static const std::string& empty_string();
-  const std::string* p_ = nullptr;
-};
-
-struct TensorInfo {
-  std::string name;
-  Dtype dtype = Dtype::U8;
-  Shape shape;
-  uint64_t nbytes = 0;
-  SharedString source;  // file it came from ("" when unknown)
-};
 
 // MxSwizzled: ComfyUI MXFP8, 1x32 groups of a 2-D weight whose exponents
 // lie in cuBLAS tiles (scales::mx_swizzled_index), not row by row.
@@ -100,7 +65,7 @@ struct Matching {
 struct Manifest {
   std::string producer;
   std::optional<safetensors::Metadata> metadata;
-  std::vector<TensorInfo> tensors;
+  TensorTable tensors;
   // The quantization_config object of the model's config.json, when the
   // source had one beside it (compact JSON text).
   std::string quantization_config;
@@ -124,13 +89,14 @@ struct Manifest {
 class NameIndex {
  public:
   explicit NameIndex(const Manifest& m) : NameIndex(m.tensors) {}
-  explicit NameIndex(const std::vector<TensorInfo>& tensors);
+  explicit NameIndex(const TensorTable& tensors);
+  explicit NameIndex(TensorTable&&) = delete;  // it refers to the table
   long find(std::string_view name) const;  // -1 when absent
-  const TensorInfo& at(const std::string& name) const;  // throws st::Error when absent
-  size_t position(const std::string& name) const;       // the same, its index
+  TensorView at(std::string_view name) const;  // throws st::Error when absent
+  size_t position(std::string_view name) const;  // the same, its index
 
  private:
-  const std::vector<TensorInfo>& tensors_;
+  const TensorTable& tensors_;
   std::vector<uint32_t> by_name_;
 };
 
@@ -143,7 +109,7 @@ struct ManifestChanges {
   // tensor_at(k), which may fill and return one buffer it reuses (a stage
   // that converts or drops tensors then never holds a second table).
   size_t count = 0;
-  std::function<const TensorInfo&(size_t k)> tensor_at;
+  std::function<TensorView(size_t k)> tensor_at;
 };
 
 std::string encode_manifest(const Manifest& m, const ManifestChanges* changes = nullptr);

@@ -28,6 +28,7 @@ namespace st::pack {
 
 using stream::Event;
 using stream::TensorInfo;
+using stream::TensorView;
 
 namespace {
 
@@ -49,7 +50,7 @@ std::string_view stripped(std::string_view name, const Options& opt) {
   return name;
 }
 
-std::string renamed(const std::string& name, const Options& opt) {
+std::string renamed(std::string_view name, const Options& opt) {
   return opt.add_prefix + std::string(stripped(name, opt));
 }
 
@@ -61,12 +62,13 @@ void check_renamed_names(const stream::Manifest& m, const Options& opt) {
   for (const auto& t : ts) {
     const std::string_view s = stripped(t.name, opt);
     if (opt.add_prefix.size() + s.size() == 12 && opt.add_prefix + std::string(s) == "__metadata__")
-      fail("renaming gives '" + t.name + "' the name '__metadata__', which safetensors reserves");
+      fail("renaming gives '" + std::string(t.name) + "' the name '__metadata__', which safetensors reserves");
   }
   if (opt.strip_prefix.empty() && opt.add_prefix.empty()) return;
   if (const auto r = safetensors::first_repeat(ts.size(), [&](size_t i) { return stripped(ts[i].name, opt); })) {
     const auto& [a, b] = *r;
-    fail("renaming gives '" + ts[a].name + "' and '" + ts[b].name + "' the same name '" + renamed(ts[b].name, opt) + "'");
+    fail("renaming gives '" + std::string(ts.name(a)) + "' and '" + std::string(ts.name(b)) + "' the same name '" +
+         renamed(ts.name(b), opt) + "'");
   }
 }
 
@@ -84,7 +86,7 @@ uint64_t header_pieces(const stream::Manifest& m, const std::vector<uint32_t>& p
       m.metadata, l.order.size(),
       [&](size_t k, safetensors::EntryRef& e) {
         const uint32_t i = l.order[k];
-        const TensorInfo& t = m.tensors[part[i]];
+        const TensorView t = m.tensors[part[i]];
         e.name.assign(opt.add_prefix).append(stripped(t.name, opt));
         e.dtype = t.dtype;
         e.shape = t.shape;
@@ -100,8 +102,8 @@ Layout plan(const stream::Manifest& m, const std::vector<uint32_t>& part, bool r
   for (uint32_t k = 0; k < l.order.size(); ++k) l.order[k] = k;
   if (reference_order)
     std::stable_sort(l.order.begin(), l.order.end(), [&](uint32_t a, uint32_t b) {
-      const TensorInfo& x = m.tensors[part[a]];
-      const TensorInfo& y = m.tensors[part[b]];
+      const TensorView x = m.tensors[part[a]];
+      const TensorView y = m.tensors[part[b]];
       return safetensors::reference_order_less(x.dtype, stripped(x.name, opt), y.dtype, stripped(y.name, opt));
     });
   l.offset.resize(part.size());
@@ -272,8 +274,8 @@ std::string index_json(const stream::Manifest& m, const OutputPlan& p, const Opt
   for (const auto& sh : p.shards) {
     const std::string file = paths::base_name(sh.path);
     for (size_t i : sh.tensors) {
-      entries.emplace_back(renamed(m.tensors[i].name, opt), file);
-      total += m.tensors[i].nbytes;
+      entries.emplace_back(renamed(m.tensors.name(i), opt), file);
+      total += m.tensors.nbytes(i);
     }
   }
   std::sort(entries.begin(), entries.end());

@@ -155,7 +155,7 @@ void dry_run(const std::string& input, const dequant::Options& dq, const pack::O
   for (const auto& p : mt.pairs) converted.insert(p.weight);
   const scales::OutputNames names(m, mt);
   for (size_t k = 0; k < names.size(); ++k) {
-    const std::string& in = m.tensors[names.input(k)].name;
+    const std::string in(m.tensors.name(names.input(k)));
     const std::string_view name = names.name(k);
     if (!converted.count(in)) passed.push_back(name == in ? in : in + " -> " + std::string(name));
   }

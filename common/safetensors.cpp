@@ -337,7 +337,7 @@ size_t check_header_text(const HeaderPiece& piece, uint64_t size) {
 void check_entries(EntryTable& t, uint64_t data_size) {
   const size_t n = t.size();
   // Names are unique (the reference keeps the last of a repeated one; we refuse).
-  if (const std::string* twice = repeated_name(n, [&](size_t i) -> const std::string& { return t.name(i); }))
+  if (const auto twice = repeated_name(n, [&](size_t i) { return t.name(i); }))
     fail("invalid header: duplicate tensor name " + quote(*twice));
 
   // Data order (usually already so: no sort, no sort buffer), then the
@@ -355,7 +355,7 @@ void check_entries(EntryTable& t, uint64_t data_size) {
   }
   uint64_t cursor = 0;
   for (size_t i = 0; i < n; ++i) {
-    const std::string& name = t.name(i);
+    const std::string_view name = t.name(i);
     const uint64_t begin = t.begin(i), end = t.end(i);
     const Dtype dtype = t.dtype(i);
     const Shape& shape = t.shape(i);
@@ -421,7 +421,7 @@ class VectorTable : public EntryTable {
   void reserve(size_t n) override { v_.reserve(n); }
   void add(TensorEntry&& e) override { v_.push_back(std::move(e)); }
   size_t size() const override { return v_.size(); }
-  const std::string& name(size_t i) const override { return v_[i].name; }
+  std::string_view name(size_t i) const override { return v_[i].name; }
   Dtype dtype(size_t i) const override { return v_[i].dtype; }
   const Shape& shape(size_t i) const override { return v_[i].shape; }
   uint64_t begin(size_t i) const override { return v_[i].begin; }

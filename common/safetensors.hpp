@@ -60,7 +60,7 @@ class EntryTable {
   virtual void reserve(size_t n) = 0;  // a hint, before the first add
   virtual void add(TensorEntry&& e) = 0;
   virtual size_t size() const = 0;
-  virtual const std::string& name(size_t i) const = 0;
+  virtual std::string_view name(size_t i) const = 0;
   virtual Dtype dtype(size_t i) const = 0;
   virtual const Shape& shape(size_t i) const = 0;
   virtual uint64_t begin(size_t i) const = 0;
@@ -149,14 +149,14 @@ std::optional<std::pair<size_t, size_t>> first_repeat(size_t n, NameOf name_of) 
   return std::pair<size_t, size_t>(repeats.front().second, repeats.front().first);
 }
 
-// A name that `n` tensors (name_of(i) for i < n) share, or nullptr: the
+// A name that `n` tensors (name_of(i) for i < n) share, or nullopt: the
 // manifest and the header both refuse repeated names.
 template <class NameOf>
-const std::string* repeated_name(size_t n, NameOf name_of) {
+std::optional<std::string> repeated_name(size_t n, NameOf name_of) {
   const std::vector<uint32_t> by_name = positions_by_name(n, name_of);
   for (size_t i = 1; i < by_name.size(); ++i)
-    if (name_of(by_name[i]) == name_of(by_name[i - 1])) return &name_of(by_name[i]);
-  return nullptr;
+    if (name_of(by_name[i]) == name_of(by_name[i - 1])) return std::string(name_of(by_name[i]));
+  return std::nullopt;
 }
 
 }  // namespace st::safetensors

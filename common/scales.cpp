@@ -23,11 +23,13 @@ using stream::MatchProblem;
 using stream::ScaleLayout;
 using stream::ScalePairing;
 using stream::TensorInfo;
+using stream::TensorTable;
+using stream::TensorView;
 
 namespace {
 
-bool ends_with(const std::string& s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
 // One row per naming convention. For a weight W ending in weight_suffix, with
@@ -79,9 +81,9 @@ uint64_t numel(const std::vector<uint64_t>& s) {
 }
 
 // The layer a weight belongs to: W minus its storage suffix and ".weight".
-std::string layer_of(const std::string& w) {
-  if (ends_with(w, "._weight_qdata")) return w.substr(0, w.size() - 14);
-  std::string p = w;
+std::string layer_of(std::string_view w) {
+  if (ends_with(w, "._weight_qdata")) return std::string(w.substr(0, w.size() - 14));
+  std::string p(w);
   if (ends_with(p, ":qdata")) p.resize(p.size() - 6);
   if (ends_with(p, ".weight")) p.resize(p.size() - 7);
   return p;
@@ -144,19 +146,19 @@ std::vector<std::string> torchao_tensor_names(const stream::Manifest& m) {
   return names;
 }
 
-bool is_scaled_fp8_marker(const std::string& n) { return n == "scaled_fp8" || ends_with(n, ".scaled_fp8"); }
+bool is_scaled_fp8_marker(std::string_view n) { return n == "scaled_fp8" || ends_with(n, ".scaled_fp8"); }
 
 // Tensors that match() never takes as weights, whatever their dtype: markers,
 // and the scale of another tensor (NVFP4 block scales are F8_E4M3 tensors
 // named weight_scale). validate() uses the same test. `has(name)` tells
 // whether the manifest has a tensor of that name.
 template <class Has>
-bool never_a_weight(const TensorInfo& t, const Has& has) {
+bool never_a_weight(const TensorView& t, const Has& has) {
   if (is_marker_tensor(t) || is_scaled_fp8_marker(t.name) || is_weight_scale_name(t.name)) return true;
   for (const auto& row : kConventions)
     for (const char* suffix : {row.scale_suffix, row.second_suffix}) {
       if (!suffix || !ends_with(t.name, suffix)) continue;
-      const std::string p = t.name.substr(0, t.name.size() - std::string_view(suffix).size());
+      const std::string p(t.name.substr(0, t.name.size() - std::string_view(suffix).size()));
       if (has(p + row.weight_suffix) && p + row.weight_suffix != t.name) return true;
     }
   return false;
@@ -214,18 +216,18 @@ Dtype parse_fp8_format(const std::string& t) {
   usage_error("--u8-as wants e4m3fn, e5m2, e4m3fnuz or e5m2fnuz, not '" + t + "'");
 }
 
-bool is_marker_tensor(const TensorInfo& t) {
+bool is_marker_tensor(const TensorView& t) {
   return (t.name == "comfy_quant" || ends_with(t.name, ".comfy_quant")) && t.dtype == Dtype::U8 &&
          t.shape.size() == 1 && t.nbytes <= kMaxMarkerBytes;
 }
 
-bool is_weight_scale_name(const std::string& name) {
+bool is_weight_scale_name(std::string_view name) {
   for (auto s : kWeightScaleSuffixes)
     if (ends_with(name, s)) return true;
   return false;
 }
 
-size_t count_scale_keys(const std::vector<TensorInfo>& tensors) {
+size_t count_scale_keys(const TensorTable& tensors) {
   size_t n = 0;
   for (const auto& t : tensors)
     if (ends_with(t.name, "weight_scale") || ends_with(t.name, "weight_scale_inv") ||
@@ -324,7 +326,7 @@ std::optional<ScalePairing> infer_layout(const std::vector<uint64_t>& w, const s
   return std::nullopt;
 }
 
-Matching match(const std::vector<TensorInfo>& tensors, const Options& opt) {
+Matching match(const TensorTable& tensors, const Options& opt) {
   stream::Manifest m;
   m.tensors = tensors;
   return match(m, {}, opt);
@@ -343,7 +345,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   if (!opt.convention.empty()) check_convention(opt.convention);
 
   const stream::NameIndex by_name(tensors);
-  auto has = [&](const std::string& n) { return by_name.find(n) >= 0; };
+  auto has = [&](std::string_view n) { return by_name.find(n) >= 0; };
   const auto comfy = comfy_layer_formats(m, markers, mt.problems);
   bool comfy_mxfp8 = false;  // __metadata__.quant_format == "mxfp8" (ComfyUI, as sglang reads it)
   if (m.metadata)
@@ -352,19 +354,19 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   // every name of a model that may have a million).
   enum : uint8_t { kUsed = 1, kDropped = 2, kConverted = 4 };
   std::vector<uint8_t> role(tensors.size(), 0);
-  auto mark = [&](const std::string& n, uint8_t r) { role[by_name.position(n)] |= r; };
+  auto mark = [&](std::string_view n, uint8_t r) { role[by_name.position(n)] |= r; };
   std::set<std::string> converted_comfy_layers;  // layers with a comfy_quant marker that are converted
   std::set<std::string> converted_keys;  // their keys in _quantization_metadata
   std::unordered_set<std::string> kept_layers;  // layers in formats we leave as they are
-  auto drop = [&](const std::string& n) { mark(n, kDropped); };
+  auto drop = [&](std::string_view n) { mark(n, kDropped); };
   {  // room for a pair per FP8 weight at most (U8/I8 may hold FP8 too)
     size_t most = 0;
     for (const auto& t : tensors)
       most += is_fp8_weight_dtype(t.dtype) || ((t.dtype == Dtype::U8 || t.dtype == Dtype::I8) && !is_marker_tensor(t));
     mt.pairs.reserve(most);
   }
-  auto problem = [&](const char* kind, const std::string& t, std::string detail) {
-    mt.problems.push_back({kind, t, std::move(detail)});
+  auto problem = [&](const char* kind, std::string_view t, std::string detail) {
+    mt.problems.push_back({kind, std::string(t), std::move(detail)});
   };
 
   // Candidate scales of a tensor, by every (allowed) row.
@@ -372,12 +374,12 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     const Convention* row;
     std::string scale, second, output;
   };
-  auto candidates = [&](const std::string& w) {
+  auto candidates = [&](std::string_view w) {
     std::vector<Candidate> out;
     for (const auto& row : kConventions) {
       if (!opt.convention.empty() && opt.convention != row.name) continue;
       if (!ends_with(w, row.weight_suffix)) continue;
-      const std::string p = w.substr(0, w.size() - std::string_view(row.weight_suffix).size());
+      const std::string p(w.substr(0, w.size() - std::string_view(row.weight_suffix).size()));
       if (!has(p + row.scale_suffix)) continue;
       if (row.exponents_only) {
         const Dtype sd = by_name.at(p + row.scale_suffix).dtype;
@@ -443,7 +445,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     }
     if (cands.size() == 1) {
       const Candidate& c = cands[0];
-      const TensorInfo& s = by_name.at(c.scale);
+      const TensorView s = by_name.at(c.scale);
       mark(s.name, kUsed);
       std::string why;
       std::optional<ScalePairing> got = infer_layout(w.shape, s.shape, block, &why, sizes.group, block_given);
@@ -458,7 +460,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
                           (s.shape[0] == (w.shape[0] + 127) / 128 * 128 || s.shape[0] == w.shape[0]);
         if (!fits) {
           problem(kUnconverted, w.name,
-                  "ComfyUI mxfp8 scale " + s.name + " " + shape_text(s.shape) + " (" + std::string(dtype_name(s.dtype)) +
+                  "ComfyUI mxfp8 scale " + c.scale + " " + shape_text(s.shape) + " (" + std::string(dtype_name(s.dtype)) +
                       ") is not the cuBLAS tile grid of weight " + shape_text(w.shape) + ": the layer is left as it is");
           kept_layers.insert(layer);
           continue;
@@ -473,15 +475,15 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
         scale_format = Dtype::F8_E8M0;  // MX (compressed-tensors): U8 exponents of 1x32 groups, row-major
       } else if (!fp8::is_scale_dtype(s.dtype)) {
         got.reset();
-        why = "scale " + s.name + " has dtype " + std::string(dtype_name(s.dtype)) +
+        why = "scale " + c.scale + " has dtype " + std::string(dtype_name(s.dtype)) +
               " (scales must be F32, BF16, F16, F8_E8M0, or U8 exponents of 1x32 groups)";
       }
       if (got && !c.second.empty()) {
-        const TensorInfo& s2 = by_name.at(c.second);
+        const TensorView s2 = by_name.at(c.second);
         mark(s2.name, kUsed);
         if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype)) {
           got.reset();
-          why = "second scale " + s2.name + " is not a single F32/BF16/F16 value";
+          why = "second scale " + c.second + " is not a single F32/BF16/F16 value";
         }
       }
       if (!got) {
@@ -513,13 +515,13 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   // Everything of a layer left as it is stays, unreported.
   if (!kept_layers.empty())
     for (size_t i = 0; i < tensors.size(); ++i) {
-      const auto dot = tensors[i].name.rfind('.');
-      if (dot != std::string::npos && kept_layers.count(tensors[i].name.substr(0, dot))) role[i] |= kUsed;
+      const auto dot = tensors.name(i).rfind('.');
+      if (dot != std::string::npos && kept_layers.count(std::string(tensors.name(i).substr(0, dot)))) role[i] |= kUsed;
     }
 
   // ComfyUI markers of converted layers, and activation and KV scales;
   // never a tensor that is converted itself (an FP8 tensor named like one).
-  auto drop_part = [&](const std::string& n) {
+  auto drop_part = [&](std::string_view n) {
     if (const long i = by_name.find(n); i >= 0 && !(role[static_cast<size_t>(i)] & kConverted))
       role[static_cast<size_t>(i)] |= kDropped;
   };
@@ -572,12 +574,12 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   // Scale-named tensors that no weight took: report them (they pass through).
   std::vector<int32_t> pair_at;  // weight position -> its pair, made for the first such scale
   for (size_t ti = 0; ti < tensors.size(); ++ti) {
-    const TensorInfo& t = tensors[ti];
+    const TensorView t = tensors[ti];
     if ((role[ti] & (kUsed | kDropped)) || !is_weight_scale_name(t.name)) continue;
     std::string weight;
     for (const auto& row : kConventions) {
       if (!ends_with(t.name, row.scale_suffix)) continue;
-      const std::string p = t.name.substr(0, t.name.size() - std::string_view(row.scale_suffix).size());
+      const std::string p(t.name.substr(0, t.name.size() - std::string_view(row.scale_suffix).size()));
       if (has(p + row.weight_suffix) && p + row.weight_suffix != t.name) {
         weight = p + row.weight_suffix;
         break;
@@ -624,7 +626,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   }
   // Drop in manifest order, for a deterministic stream.
   for (size_t i = 0; i < tensors.size(); ++i)
-    if (role[i] & kDropped) mt.drop.push_back(tensors[i].name);
+    if (role[i] & kDropped) mt.drop.emplace_back(tensors.name(i));
 
   // Output names written twice: every later tensor against the first that
   // has the name, in output order. Views into m.tensors, mt.pairs and
@@ -669,7 +671,7 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     if (i < 0) fail("stream matching names " + std::string(what) + " " + json::quote(name) + ", which is not in the manifest");
     return static_cast<size_t>(i);
   };
-  auto find = [&](const std::string& name, const char* what) -> const TensorInfo& { return m.tensors[position(name, what)]; };
+  auto find = [&](const std::string& name, const char* what) -> TensorView { return m.tensors[position(name, what)]; };
   // Roles by manifest position, a byte each: a stream may list a million
   // tensors, and sets of their names would copy every one.
   const size_t n = m.tensors.size();
@@ -682,7 +684,7 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     if (const long i = index.find(d); i >= 0) dropped[static_cast<size_t>(i)] = 1;
   for (const auto& p : mt.pairs) {
     const size_t wi = position(p.weight, "weight");
-    const TensorInfo& w = m.tensors[wi];
+    const TensorView w = m.tensors[wi];
     const bool container = w.dtype == Dtype::U8 || w.dtype == Dtype::I8;
     if (!is_fp8_weight_dtype(p.format) || (!container && w.dtype != p.format))
       fail("stream matching decodes " + json::quote(p.weight) + " (" + std::string(dtype_name(w.dtype)) + ") as " +
@@ -690,14 +692,14 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     if (weight[wi]) fail("stream matching lists weight " + json::quote(p.weight) + " twice");
     weight[wi] = 1;
     if (p.scale.empty()) continue;
-    const TensorInfo& s = find(p.scale, "scale");
+    const TensorView s = find(p.scale, "scale");
     const bool mx = s.dtype == Dtype::U8 && p.scale_format == Dtype::F8_E8M0 &&
                     ((p.layout == ScaleLayout::Block && p.block_rows == 1) || p.layout == ScaleLayout::MxSwizzled);
     if (!(fp8::is_scale_dtype(s.dtype) && s.dtype == p.scale_format) && !mx)
       fail("stream matching uses " + json::quote(p.scale) + " of dtype " + std::string(dtype_name(s.dtype)) + " as a scale");
     if (!is_dropped(p.scale)) fail("stream matching keeps scale " + json::quote(p.scale) + " in the output");
     if (!p.scale2.empty()) {
-      const TensorInfo& s2 = find(p.scale2, "scale");
+      const TensorView s2 = find(p.scale2, "scale");
       if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype) || !is_dropped(p.scale2))
         fail("stream matching: second scale " + json::quote(p.scale2) + " is not a dropped single value");
     }
@@ -744,7 +746,7 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     if (const long i = p.kind == kUnconverted ? index.find(p.tensor) : -1; i >= 0) left[static_cast<size_t>(i)] = 1;
   auto has = [&](const std::string& name) { return index.find(name) >= 0; };
   for (size_t i = 0; i < n; ++i) {
-    const TensorInfo& t = m.tensors[i];
+    const TensorView t = m.tensors[i];
     if (is_fp8_weight_dtype(t.dtype) && !weight[i] && !left[i] && !dropped[i] && !never_a_weight(t, has)) {
       // st-scales before stream 1.2 refused a weight with several
       // candidate scales and paired nothing for it.
@@ -782,13 +784,13 @@ bool needs_attention(const Matching& mt, bool strict) {
   return false;
 }
 
-std::map<std::string, std::string> owners(const std::vector<TensorInfo>& tensors) {
+std::map<std::string, std::string> owners(const TensorTable& tensors) {
   std::unordered_set<std::string_view> names;  // views: a header may list a million names
   names.reserve(tensors.size());
   for (const auto& t : tensors) names.insert(t.name);
   std::map<std::string, std::string> owner;
   for (const auto& t : tensors) {
-    const std::string& n = t.name;
+    const std::string n(t.name);
     for (const auto& row : kConventions)
       for (const char* suffix : {row.scale_suffix, row.second_suffix}) {
         if (!suffix || !ends_with(n, suffix) || owner.count(n)) continue;
@@ -809,30 +811,30 @@ std::map<std::string, std::string> owners(const std::vector<TensorInfo>& tensors
   return owner;
 }
 
-std::vector<size_t> scales_first_order(const std::vector<TensorInfo>& tensors) {
+std::vector<uint32_t> scales_first_order(const TensorTable& tensors) {
   // Markers; then every candidate scale of any tensor by any row, whether or
   // not its layout fits with the default block size (st-dequant --block may
   // make it fit) and whatever the weight's dtype (--u8-as); then the rest.
   const stream::NameIndex names(tensors);  // 4 bytes a tensor: a header may list a million names
-  auto is_scale = [&](const std::string& n) {
+  auto is_scale = [&](std::string_view n) {
     if (is_weight_scale_name(n)) return true;
     for (const auto& row : kConventions)
       for (const char* suffix : {row.scale_suffix, row.second_suffix}) {
         if (!suffix || !ends_with(n, suffix)) continue;
-        const std::string w = n.substr(0, n.size() - std::string_view(suffix).size()) + row.weight_suffix;
+        const std::string w = std::string(n.substr(0, n.size() - std::string_view(suffix).size())) + row.weight_suffix;
         if (w != n && names.find(w) >= 0) return true;
       }
     return false;
   };
-  std::vector<size_t> order;
+  std::vector<uint32_t> order;
   order.reserve(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i)
+  for (uint32_t i = 0; i < tensors.size(); ++i)
     if (is_marker_tensor(tensors[i])) order.push_back(i);
-  for (size_t i = 0; i < tensors.size(); ++i)
-    if (!is_marker_tensor(tensors[i]) && is_scale(tensors[i].name)) order.push_back(i);
+  for (uint32_t i = 0; i < tensors.size(); ++i)
+    if (!is_marker_tensor(tensors[i]) && is_scale(tensors.name(i))) order.push_back(i);
   std::vector<bool> taken(tensors.size());
-  for (size_t i : order) taken[i] = true;
-  for (size_t i = 0; i < tensors.size(); ++i)
+  for (uint32_t i : order) taken[i] = true;
+  for (uint32_t i = 0; i < tensors.size(); ++i)
     if (!taken[i]) order.push_back(i);
   return order;
 }
@@ -911,14 +913,14 @@ void print_report(std::ostream& out, const stream::Manifest& m, const Matching& 
     std::vector<std::vector<std::string>> rows{
         {"WEIGHT", "DTYPE", "SHAPE", "SCALE", "SCALE_SHAPE", "SCALE_DTYPE", "MIN", "MAX", "LAYOUT", "CONVENTION"}};
     for (const auto& p : mt.pairs) {
-      const TensorInfo& w = index.at(p.weight);
+      const TensorView w = index.at(p.weight);
       std::string dt(dtype_name(w.dtype));
       if (w.dtype != p.format) dt += " as " + std::string(dtype_name(p.format));
       std::vector<std::string> r{p.weight, dt, shape_text(w.shape)};
       if (p.scale.empty()) {
         r.insert(r.end(), {"-", "-", "-", "-", "-", layout_text(p), "raw cast"});
       } else {
-        const TensorInfo& s = index.at(p.scale);
+        const TensorView s = index.at(p.scale);
         r.insert(r.end(), {p.scale, shape_text(s.shape), std::string(dtype_name(s.dtype))});
         const std::vector<float> v = values ? values(p.scale) : std::vector<float>{};
         if (v.empty()) {
@@ -1006,7 +1008,7 @@ void print_json(std::ostream& out, const std::string& file, const stream::Manife
   w.Key("weights");
   w.StartArray();
   for (const auto& p : mt.pairs) {
-    const TensorInfo& wt = index.at(p.weight);
+    const TensorView wt = index.at(p.weight);
     w.StartObject();
     w.Key("name");
     str(p.weight);
@@ -1022,7 +1024,7 @@ void print_json(std::ostream& out, const std::string& file, const stream::Manife
     if (p.scale.empty()) {
       w.Null();
     } else {
-      const TensorInfo& s = index.at(p.scale);
+      const TensorView s = index.at(p.scale);
       w.StartObject();
       w.Key("name");
       str(p.scale);

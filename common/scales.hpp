@@ -60,13 +60,13 @@ Dtype parse_fp8_format(const std::string& text);
 
 // Tensors whose contents the matcher reads: ComfyUI `<layer>.comfy_quant`
 // (U8 JSON). st-list streams them first; stages read them before planning.
-bool is_marker_tensor(const stream::TensorInfo& t);
+bool is_marker_tensor(const stream::TensorView& t);
 inline constexpr uint64_t kMaxMarkerBytes = 1 << 16;
 using MarkerData = std::map<std::string, std::vector<uint8_t>>;
 
 stream::Matching match(const stream::Manifest& m, const MarkerData& markers, const Options& opt);
 // Names, dtypes and shapes only (no metadata, markers or config).
-stream::Matching match(const std::vector<stream::TensorInfo>& tensors, const Options& opt);
+stream::Matching match(const stream::TensorTable& tensors, const Options& opt);
 
 // ComfyUI MXFP8 scales: one E8M0 exponent per group of 32 along a row of a
 // 2-D weight [M, N], stored as comfy-kitchen writes them for cuBLAS
@@ -113,20 +113,20 @@ bool is_fatal(const stream::MatchProblem& p, bool strict = false);
 bool needs_attention(const stream::Matching& mt, bool strict = false);
 
 // Tensor names ending like a weight scale of any known convention.
-bool is_weight_scale_name(const std::string& name);
+bool is_weight_scale_name(std::string_view name);
 // Count for the report's "Scale keys found" line: names ending in
 // weight_scale, weight_scale_inv, scale_weight or input_scale.
-size_t count_scale_keys(const std::vector<stream::TensorInfo>& tensors);
+size_t count_scale_keys(const stream::TensorTable& tensors);
 
 // For tensors that belong to another (candidate scales and second factors,
 // the activation scales and comfy_quant marker of a layer): the tensor they
 // belong to. st-list --include/--exclude makes them follow its selection.
-std::map<std::string, std::string> owners(const std::vector<stream::TensorInfo>& tensors);
+std::map<std::string, std::string> owners(const stream::TensorTable& tensors);
 
 // Order in which st-list emits tensors: marker tensors, then every candidate
 // scale of a weight (small, and st-dequant needs them before their weights),
 // then the rest, each group in the given order.
-std::vector<size_t> scales_first_order(const std::vector<stream::TensorInfo>& tensors);
+std::vector<uint32_t> scales_first_order(const stream::TensorTable& tensors);
 
 // The tensors that survive conversion, in output order, with their output
 // names (for name-collision checks and st-dequant's output manifest): the

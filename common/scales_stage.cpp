@@ -40,10 +40,10 @@ MarkerData read_markers(stream::Reader& in, size_t& count) {
   for (size_t done = 0; done < count;) {
     const stream::Event ev = in.next();
     if (ev.kind == stream::Event::Kind::Data) {
-      auto& b = markers[ts[ev.tensor].name];
+      auto& b = markers[std::string(ts.name(ev.tensor))];
       b.insert(b.end(), ev.data.begin(), ev.data.end());
     } else if (ev.kind == stream::Event::Kind::TensorEnd) {
-      markers[ts[ev.tensor].name];  // an empty marker still counts
+      markers[std::string(ts.name(ev.tensor))];  // an empty marker still counts
       ++done;
     }
   }
@@ -77,7 +77,7 @@ void match_stage(stream::Reader& in, stream::Writer& out, const Options& opt, st
   changes.matching = &mt;
   out.begin(m, &changes);
   for (size_t i = 0; i < nmarkers; ++i) {
-    const auto& b = markers.at(m.tensors[i].name);
+    const auto& b = markers.at(std::string(m.tensors.name(i)));
     out.data(static_cast<uint32_t>(i), b);
     out.end_tensor(static_cast<uint32_t>(i));
   }

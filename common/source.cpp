@@ -23,29 +23,30 @@ bool matches_any(const std::vector<std::string>& globs, const std::string& name)
   return false;
 }
 
-std::vector<stream::TensorInfo> infos_of(const safetensors::Header& h, const std::string& path) {
-  std::vector<stream::TensorInfo> all;
+stream::TensorTable infos_of(const safetensors::Header& h, const std::string& path) {
+  stream::TensorTable all;
   const stream::SharedString source(path);
-  for (const auto& t : h.tensors) all.push_back({t.name, t.dtype, t.shape, t.nbytes(), source});
+  for (const auto& t : h.tensors) all.add(t.name, t.dtype, t.shape, source);
   return all;
 }
 
 // Indices (file order) of the tensors --include/--exclude select; tensors
 // that belong to another follow its selection.
-std::vector<size_t> select(const std::vector<stream::TensorInfo>& all, const ListOptions& opt) {
+std::vector<uint32_t> select(const stream::TensorTable& all, const ListOptions& opt) {
   if (opt.include.empty() && opt.exclude.empty()) {  // all of them; no map of owners to build
-    std::vector<size_t> every(all.size());
-    for (size_t i = 0; i < every.size(); ++i) every[i] = i;
+    std::vector<uint32_t> every(all.size());
+    for (uint32_t i = 0; i < every.size(); ++i) every[i] = i;
     return every;
   }
   const auto owner = scales::owners(all);
   auto chosen = [&](const std::string& n) {
     return (opt.include.empty() || matches_any(opt.include, n)) && !matches_any(opt.exclude, n);
   };
-  std::vector<size_t> kept;
-  for (size_t i = 0; i < all.size(); ++i) {
-    auto o = owner.find(all[i].name);
-    if (chosen(o == owner.end() ? all[i].name : o->second)) kept.push_back(i);
+  std::vector<uint32_t> kept;
+  for (uint32_t i = 0; i < all.size(); ++i) {
+    const std::string name(all.name(i));
+    auto o = owner.find(name);
+    if (chosen(o == owner.end() ? name : o->second)) kept.push_back(i);
   }
   return kept;
 }
@@ -53,51 +54,48 @@ std::vector<size_t> select(const std::vector<stream::TensorInfo>& all, const Lis
 constexpr size_t kReadPiece = 256u << 10;
 
 // The manifest's table as the table a header is read into: each entry's
-// name and shape go straight into `all`, its offsets into the shard's
-// spans, so st-list never holds a header's entries and the manifest's
-// table at once (a million tensors).
+// name and shape go straight into `all`, where its bytes begin into
+// `begins`, so st-list never holds a header's entries and the manifest's
+// table at once (a million tensors). The ends are kept apart, for the
+// header's checks only: once the entries are known to tile the data, each
+// ends where the next begins.
 class ManifestEntries : public safetensors::EntryTable {
  public:
-  ManifestEntries(std::vector<stream::TensorInfo>& all, std::vector<Span>& spans, stream::SharedString source)
-      : all_(all), base_(all.size()), spans_(spans), source_(std::move(source)) {}
+  ManifestEntries(stream::TensorTable& all, std::vector<uint64_t>& begins, stream::SharedString source)
+      : all_(all), base_(all.size()), begins_(begins), source_(std::move(source)) {}
   void reserve(size_t n) override {
-    all_.reserve(base_ + n);
-    spans_.reserve(n);
+    begins_.reserve(n + 1);  // and the data section's end
+    ends_.reserve(n);
   }
   void add(safetensors::TensorEntry&& e) override {
-    all_.push_back({std::move(e.name), e.dtype, e.shape, e.end - e.begin, source_});
-    spans_.push_back({e.begin, e.end});
+    all_.add(e.name, e.dtype, e.shape, source_);  // its size is checked before the table is used
+    begins_.push_back(e.begin);
+    ends_.push_back(e.end);
   }
-  size_t size() const override { return spans_.size(); }
-  const std::string& name(size_t i) const override { return all_[base_ + i].name; }
-  Dtype dtype(size_t i) const override { return all_[base_ + i].dtype; }
-  const Shape& shape(size_t i) const override { return all_[base_ + i].shape; }
-  uint64_t begin(size_t i) const override { return spans_[i].begin; }
-  uint64_t end(size_t i) const override { return spans_[i].end; }
+  size_t size() const override { return begins_.size(); }
+  std::string_view name(size_t i) const override { return all_.name(base_ + i); }
+  Dtype dtype(size_t i) const override { return all_.dtype(base_ + i); }
+  const Shape& shape(size_t i) const override { return all_.shape(base_ + i); }
+  uint64_t begin(size_t i) const override { return begins_[i]; }
+  uint64_t end(size_t i) const override { return ends_[i]; }
   void reorder(const std::vector<uint32_t>& order) override {
-    std::vector<stream::TensorInfo> infos;
-    std::vector<Span> spans;
-    infos.reserve(order.size());
-    spans.reserve(order.size());
-    for (uint32_t i : order) {
-      infos.push_back(std::move(all_[base_ + i]));
-      spans.push_back(spans_[i]);
-    }
-    std::move(infos.begin(), infos.end(), all_.begin() + static_cast<std::ptrdiff_t>(base_));
-    spans_ = std::move(spans);
+    all_.reorder_from(base_, order);
+    stream::permute_in_place(order, [&](size_t j) -> uint64_t& { return begins_[j]; });
+    stream::permute_in_place(order, [&](size_t j) -> uint64_t& { return ends_[j]; });
   }
 
  private:
-  std::vector<stream::TensorInfo>& all_;
+  stream::TensorTable& all_;
   size_t base_;
-  std::vector<Span>& spans_;
+  std::vector<uint64_t>& begins_;
+  std::vector<uint64_t> ends_;
   stream::SharedString source_;
 };
 
 // Indices (file order) of the header's tensors that are in `names`.
-std::vector<size_t> selected_in(const safetensors::Header& h, const std::set<std::string>& names) {
-  std::vector<size_t> kept;
-  for (size_t i = 0; i < h.tensors.size(); ++i)
+std::vector<uint32_t> selected_in(const safetensors::Header& h, const std::set<std::string>& names) {
+  std::vector<uint32_t> kept;
+  for (uint32_t i = 0; i < h.tensors.size(); ++i)
     if (names.count(h.tensors[i].name)) kept.push_back(i);
   return kept;
 }
@@ -126,23 +124,26 @@ SafetensorsSource::SafetensorsSource(model_input::ModelInput input, const ListOp
     if (input_.files.empty()) fail(input_.index + ": none of the shards it names exists");
   }
   // Every header first: a bad shard or index fails before any output.
-  std::vector<stream::TensorInfo> all;
+  stream::TensorTable all;
   std::vector<Ref> all_refs;
   for (uint32_t s = 0; s < input_.files.size(); ++s) {
     Shard shard;
     shard.file = std::make_unique<io::InputFile>(input_.files[s]);
     // Name and shape go to the manifest's table as the header is read; the
     // shard keeps where the bytes are.
-    ManifestEntries entries(all, shard.spans, stream::SharedString(paths::absolute(input_.files[s])));
-    shard.header = safetensors::read_header_into(*shard.file, entries);
+    {
+      ManifestEntries entries(all, shard.begins, stream::SharedString(paths::absolute(input_.files[s])));
+      shard.header = safetensors::read_header_into(*shard.file, entries);
+    }
+    shard.begins.push_back(shard.header.data_size);  // the entries tile the data section
     all_refs.reserve(all.size());
-    for (uint32_t e = 0; e < shard.spans.size(); ++e) all_refs.push_back({s, e});
+    for (uint32_t e = 0; e + 1 < shard.begins.size(); ++e) all_refs.push_back({s, e});
     shards_.push_back(std::move(shard));
   }
   if (input_.files.size() > 1) drop_repeated_tensors(all, all_refs);  // read_header() refuses them within a file
   std::vector<std::vector<std::string>> names(input_.files.size());
   if (!input_.index.empty())
-    for (size_t i = 0; i < all.size(); ++i) names[all_refs[i].shard].push_back(all[i].name);
+    for (size_t i = 0; i < all.size(); ++i) names[all_refs[i].shard].emplace_back(all.name(i));
   const auto problems = model_input::index_problems(input_, names);
   names = {};  // needed for the index check only: a million names
   input_.weight_map = {};
@@ -150,26 +151,17 @@ SafetensorsSource::SafetensorsSource(model_input::ModelInput input, const ListOp
     fail(problems.front() + (problems.size() > 1 ? " (and " + std::to_string(problems.size() - 1) + " more problems)" : ""));
   for (const auto& msg : problems) index_problems_.push_back({scales::kIndexMismatch, "", msg});
 
-  const auto kept = select(all, opt);
-  if (kept.empty() && !all.empty())
-    fail(input_.files.size() == 1 ? input_.files[0] + ": no tensor matches the --include/--exclude patterns"
-                                 : "no tensor of the model matches the --include/--exclude patterns");
-  keep_only(all, all_refs, kept);
-  const std::vector<size_t> order = scales::scales_first_order(all);
-  std::vector<bool> placed(order.size());
-  for (size_t i = 0; i < order.size(); ++i) {  // position j takes all[order[j]], cycle by cycle
-    if (placed[i]) continue;
-    stream::TensorInfo first = std::move(all[i]);
-    const Ref first_ref = all_refs[i];
-    size_t j = i;
-    for (; order[j] != i; j = order[j]) {
-      all[j] = std::move(all[order[j]]);
-      all_refs[j] = all_refs[order[j]];
-      placed[j] = true;
-    }
-    all[j] = std::move(first);
-    all_refs[j] = first_ref;
-    placed[j] = true;
+  if (!opt.include.empty() || !opt.exclude.empty()) {
+    const auto kept = select(all, opt);
+    if (kept.empty() && !all.empty())
+      fail(input_.files.size() == 1 ? input_.files[0] + ": no tensor matches the --include/--exclude patterns"
+                                   : "no tensor of the model matches the --include/--exclude patterns");
+    keep_only(all, all_refs, kept);
+  }
+  {
+    const std::vector<uint32_t> order = scales::scales_first_order(all);
+    all.reorder_from(0, order);
+    stream::permute_in_place(order, [&](size_t j) -> Ref& { return all_refs[j]; });
   }
   manifest_.tensors = std::move(all);
   refs_ = std::move(all_refs);
@@ -179,7 +171,6 @@ SafetensorsSource::SafetensorsSource(model_input::ModelInput input, const ListOp
   if (input_.several())
     for (const auto& f : input_.files) manifest_.shards.push_back(paths::absolute(f));
   if (!input_.dir.empty()) manifest_.model_dir = paths::absolute(input_.dir);
-  index_ = std::make_unique<stream::NameIndex>(manifest_);
 }
 
 uint64_t SafetensorsSource::input_bytes() const {
@@ -228,28 +219,29 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
     for (auto it = h.skipped.find(h.sha->covered()); it != h.skipped.end(); it = h.skipped.find(h.sha->covered())) {
       const uint32_t e = it->second;
       h.skipped.erase(it);
-      read(s, shards_[s].spans[e], [](std::span<const uint8_t>) {});
+      read(s, shards_[s].span(e), [](std::span<const uint8_t>) {});
     }
     h.catching_up = false;
   };
   if (hashing) {
-    std::set<std::pair<uint32_t, uint32_t>> streamed;
-    for (const Ref& r : refs_) streamed.emplace(r.shard, r.entry);
+    std::vector<std::vector<bool>> streamed(shards_.size());  // a bit a tensor, not a set of a million pairs
+    for (uint32_t s = 0; s < shards_.size(); ++s) streamed[s].resize(shards_[s].count());
+    for (const Ref& r : refs_) streamed[r.shard][r.entry] = true;
     for (uint32_t s = 0; s < shards_.size(); ++s) {
       const Shard& sh = shards_[s];
       hs[s].sha = std::make_unique<sha256::InOrderHasher>();
       std::vector<uint8_t> head(sh.header.data_start);
       sh.file->pread_exact(0, head.data(), head.size());
       hs[s].sha->feed(0, head);
-      for (uint32_t e = 0; e < sh.spans.size(); ++e)
-        if (!streamed.count({s, e}) && sh.spans[e].nbytes() > 0)
-          hs[s].skipped.emplace(sh.header.data_start + sh.spans[e].begin, e);
+      for (uint32_t e = 0; e < sh.count(); ++e)
+        if (!streamed[s][e] && sh.span(e).nbytes() > 0)
+          hs[s].skipped.emplace(sh.header.data_start + sh.span(e).begin, e);
       catch_up(s);
     }
   }
   for (size_t i = 0; i < refs_.size(); ++i) {
     const Ref r = refs_[i];
-    read(r.shard, shards_[r.shard].spans[r.entry],
+    read(r.shard, shards_[r.shard].span(r.entry),
          [&](std::span<const uint8_t> b) { w.data(static_cast<uint32_t>(i), b); });
     w.end_tensor(static_cast<uint32_t>(i));
   }
@@ -267,9 +259,9 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
 // A tensor in two shards: refused, or with --lenient-index (st-scales)
 // reported and left out, the first one kept. Found by sorting positions (4
 // bytes a tensor), not with a map of every name; reported in file order.
-void SafetensorsSource::drop_repeated_tensors(std::vector<stream::TensorInfo>& all, std::vector<Ref>& refs) {
+void SafetensorsSource::drop_repeated_tensors(stream::TensorTable& all, std::vector<Ref>& refs) {
   const auto repeats =  // (a later copy, the first), in file order
-      safetensors::repeats_by_name(all.size(), [&](size_t i) -> const std::string& { return all[i].name; });
+      safetensors::repeats_by_name(all.size(), [&](size_t i) { return all.name(i); });
   if (repeats.empty()) return;
   for (const auto& [later, first] : repeats) {
     const std::string msg = input_.files[refs[later].shard] + ": tensor " + json::quote(all[later].name) + " is also in " +
@@ -277,34 +269,31 @@ void SafetensorsSource::drop_repeated_tensors(std::vector<stream::TensorInfo>& a
     if (!opt_.lenient_index) fail(msg);
     index_problems_.push_back({scales::kIndexMismatch, "", msg});
   }
-  std::vector<size_t> kept;  // the others, as --include/--exclude would leave them
+  std::vector<uint32_t> kept;  // the others, as --include/--exclude would leave them
   kept.reserve(all.size() - repeats.size());
-  for (size_t i = 0, r = 0; i < all.size(); ++i) {
+  for (uint32_t i = 0, r = 0; i < all.size(); ++i) {
     if (r < repeats.size() && repeats[r].first == i) ++r;
     else kept.push_back(i);
   }
   keep_only(all, refs, kept);
 }
 
-// Keeps all[kept[j]] (kept ascending) at position j, moved, not copied: a
-// header may list a million tensors. A tensor left out keeps its name in
+// Keeps all[kept[j]] (kept ascending) at position j, in place: a header
+// may list a million tensors. A tensor left out keeps its name in
 // left_out_ (read_tensor finds it there).
-void SafetensorsSource::keep_only(std::vector<stream::TensorInfo>& all, std::vector<Ref>& refs,
-                                  const std::vector<size_t>& kept) {
+void SafetensorsSource::keep_only(stream::TensorTable& all, std::vector<Ref>& refs,
+                                  const std::vector<uint32_t>& kept) {
+  if (kept.size() == all.size()) return;  // kept ascending: all of them, in order
   for (size_t i = 0, k = 0; i < all.size(); ++i) {
     if (k < kept.size() && kept[k] == i) {
       ++k;
       continue;
     }
-    left_out_.emplace_back(std::move(all[i].name), refs[i]);
+    left_out_.emplace_back(std::string(all.name(i)), refs[i]);
   }
-  for (size_t j = 0; j < kept.size(); ++j)
-    if (kept[j] != j) {
-      all[j] = std::move(all[kept[j]]);
-      refs[j] = refs[kept[j]];
-    }
-  all.resize(kept.size());
+  for (size_t j = 0; j < kept.size(); ++j) refs[j] = refs[kept[j]];
   refs.resize(kept.size());
+  all.reorder_from(0, kept);
 }
 
 SafetensorsSource::~SafetensorsSource() = default;
@@ -315,19 +304,21 @@ std::vector<uint8_t> SafetensorsSource::read_tensor(const std::string& name) con
     sh.file->pread_exact(sh.header.data_start + t.begin, bytes.data(), bytes.size());
     return bytes;
   };
+  // Made at the first call: a stream (st-list's usual work) never needs it.
+  std::call_once(index_made_, [&] { index_ = std::make_unique<stream::NameIndex>(manifest_.tensors); });
   if (const long i = index_->find(name); i >= 0) {
     const Ref r = refs_[static_cast<size_t>(i)];
-    return read(shards_[r.shard], shards_[r.shard].spans[r.entry]);
+    return read(shards_[r.shard], shards_[r.shard].span(r.entry));
   }
   for (const auto& [n, r] : left_out_)  // a tensor --include/--exclude left out
-    if (n == name) return read(shards_[r.shard], shards_[r.shard].spans[r.entry]);
+    if (n == name) return read(shards_[r.shard], shards_[r.shard].span(r.entry));
   throw Error("internal: no tensor " + name);
 }
 
 scales::MarkerData SafetensorsSource::read_markers() const {
   scales::MarkerData markers;
   for (const auto& t : manifest_.tensors)
-    if (scales::is_marker_tensor(t)) markers[t.name] = read_tensor(t.name);
+    if (scales::is_marker_tensor(t)) markers[std::string(t.name)] = read_tensor(std::string(t.name));
   return markers;
 }
 
@@ -400,7 +391,7 @@ void print_files(std::ostream& out, const model_input::ModelInput& input, const 
   headers.headers_only = true;
   const SafetensorsSource src(input, headers);
   std::set<std::string> selected;
-  for (const auto& t : src.manifest().tensors) selected.insert(t.name);
+  for (const auto& t : src.manifest().tensors) selected.emplace(t.name);
   const bool several = input.files.size() > 1;
   if (how == Listing::Json && several) out << "[\n";
   for (size_t i = 0; i < input.files.size(); ++i) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <ostream>
 #include <set>
 #include <string>
@@ -73,14 +74,18 @@ class SafetensorsSource {
   struct Shard {
     std::unique_ptr<io::InputFile> file;
     safetensors::HeaderInfo header;  // metadata and where the data starts
-    std::vector<Span> spans;         // per header entry, in data order
+    // Where each header entry's bytes begin, in data order, and the data
+    // section's size last: entry e is [begins[e], begins[e+1]).
+    std::vector<uint64_t> begins;
+    size_t count() const { return begins.size() - 1; }
+    Span span(size_t e) const { return {begins[e], begins[e + 1]}; }
   };
   struct Ref {
     uint32_t shard;
     uint32_t entry;  // index in that shard's header
   };
-  void drop_repeated_tensors(std::vector<stream::TensorInfo>& all, std::vector<Ref>& refs);
-  void keep_only(std::vector<stream::TensorInfo>& all, std::vector<Ref>& refs, const std::vector<size_t>& kept);
+  void drop_repeated_tensors(stream::TensorTable& all, std::vector<Ref>& refs);
+  void keep_only(stream::TensorTable& all, std::vector<Ref>& refs, const std::vector<uint32_t>& kept);
 
   model_input::ModelInput input_;
   ListOptions opt_;
@@ -88,7 +93,8 @@ class SafetensorsSource {
   stream::Manifest manifest_;
   std::vector<Ref> refs_;  // manifest index -> where its bytes are
   std::vector<std::pair<std::string, Ref>> left_out_;  // tensors --include/--exclude left out (read_tensor)
-  std::unique_ptr<stream::NameIndex> index_;  // for read_tensor: a report reads every scale
+  mutable std::once_flag index_made_;
+  mutable std::unique_ptr<stream::NameIndex> index_;  // for read_tensor: a report reads every scale
   std::vector<stream::MatchProblem> index_problems_;
 };
 

@@ -149,14 +149,14 @@ void Writer::begin(const Manifest& m, const ManifestChanges* changes) {
   sink_.write(kZeros, padding_for(len));
   sink_failed_ = false;
   ++frames_;
-  sizes_.clear();
   if (changes && changes->tensor_at) {
-    sizes_.reserve(changes->count);
-    for (size_t k = 0; k < changes->count; ++k) sizes_.push_back(changes->tensor_at(k).nbytes);
+    count_ = changes->count;
+    size_at_ = [at = changes->tensor_at](size_t k) { return at(k).nbytes; };
   } else {
-    sizes_.reserve(m.tensors.size());
-    for (const auto& t : m.tensors) sizes_.push_back(t.nbytes);
+    count_ = m.tensors.size();
+    size_at_ = [&t = m.tensors](size_t k) { return t.nbytes(k); };
   }
+  size_known_ = false;
   current_ = 0;
   offset_ = 0;
   h_->tensor.reset();
@@ -171,9 +171,17 @@ void Writer::data(uint32_t index, std::span<const uint8_t> bytes, uint64_t known
   data_frames(index, bytes, bytes.size() <= chunk_bytes_ ? &known_hash : nullptr);
 }
 
+uint64_t Writer::current_size() {
+  if (!size_known_) {
+    size_ = size_at_(current_);
+    size_known_ = true;
+  }
+  return size_;
+}
+
 void Writer::data_frames(uint32_t index, std::span<const uint8_t> bytes, const uint64_t* known_hash) {
-  if (index != current_ || index >= sizes_.size()) throw Error("internal: stream data out of order");
-  if (bytes.size() > sizes_[index] - offset_) throw Error("internal: stream data larger than its tensor");
+  if (index != current_ || index >= count_) throw Error("internal: stream data out of order");
+  if (bytes.size() > current_size() - offset_) throw Error("internal: stream data larger than its tensor");
   while (!bytes.empty()) {
     const size_t n = std::min(bytes.size(), chunk_bytes_);
     uint8_t sub[kDataSubheaderBytes] = {};
@@ -191,11 +199,11 @@ void Writer::data_frames(uint32_t index, std::span<const uint8_t> bytes, const u
 }
 
 void Writer::end_tensor(uint32_t index) {
-  if (index != current_ || index >= sizes_.size() || offset_ != sizes_[index])
+  if (index != current_ || index >= count_ || offset_ != current_size())
     throw Error("internal: tensor ended before all its data was written");
   uint8_t p[kTensorEndBytes] = {};
   put_u32(p, index);
-  put_u64(p + 8, sizes_[index]);
+  put_u64(p + 8, size_);
   const uint64_t hash = h_->tensor.digest();
   put_u64(p + 16, hash);
   struct iovec v{p, sizeof p};
@@ -205,13 +213,14 @@ void Writer::end_tensor(uint32_t index) {
   h_->combined.update(le, 8);
   h_->tensor.reset();
   ++current_;
+  size_known_ = false;
   offset_ = 0;
 }
 
 void Writer::finish() {
-  if (current_ != sizes_.size()) throw Error("internal: stream finished before all tensors");
+  if (current_ != count_) throw Error("internal: stream finished before all tensors");
   uint8_t p[kEndBytes];
-  put_u64(p, sizes_.size());
+  put_u64(p, count_);
   put_u64(p + 8, data_bytes_);
   put_u64(p + 16, frames_);  // frames before END, after the preamble
   put_u64(p + 24, h_->combined.digest());
@@ -384,7 +393,7 @@ Event Reader::next() {
       if (current_ >= ts.size() || index != current_)
         corrupt("DATA for tensor #" + std::to_string(index) + " where tensor #" + std::to_string(current_) + " was due");
       if (offset != received_) corrupt("DATA offset " + std::to_string(offset) + " where " + std::to_string(received_) + " was due");
-      if (n > ts[index].nbytes - received_) corrupt("more data than tensor '" + ts[index].name + "' holds");
+      if (n > ts.nbytes(index) - received_) corrupt("more data than tensor '" + std::string(ts.name(index)) + "' holds");
       const uint64_t data_hash = get_u64(buf_.data() + 16);
       h_->tensor.update(buf_.data() + 16, 8);
       size_t start = kDataSubheaderBytes;  // where the bytes read here begin in buf_
@@ -405,7 +414,7 @@ Event Reader::next() {
         start = 0;
       }
       if (ev.spliced == 0 && hash::xxh3(buf_.data() + start, n) != data_hash)
-        corrupt("data checksum mismatch in tensor '" + ts[index].name + "' (corrupt stream)");
+        corrupt("data checksum mismatch in tensor '" + std::string(ts.name(index)) + "' (corrupt stream)");
       received_ += n;
       data_bytes_ += n;
       ev.kind = Event::Kind::Data;
@@ -420,11 +429,12 @@ Event Reader::next() {
       const uint32_t index = get_u32(buf_.data());
       if (get_u32(buf_.data() + 4) != 0) corrupt("reserved TENSOR_END bytes are not zero");
       if (current_ >= ts.size() || index != current_) corrupt("TENSOR_END for an unexpected tensor");
-      const auto& t = ts[index];
-      if (get_u64(buf_.data() + 8) != t.nbytes || received_ != t.nbytes)
-        corrupt("tensor '" + t.name + "' ended after " + std::to_string(received_) + " of " + std::to_string(t.nbytes) + " bytes");
+      const uint64_t nbytes = ts.nbytes(index);
+      const std::string_view name = ts.name(index);
+      if (get_u64(buf_.data() + 8) != nbytes || received_ != nbytes)
+        corrupt("tensor '" + std::string(name) + "' ended after " + std::to_string(received_) + " of " + std::to_string(nbytes) + " bytes");
       const uint64_t hash = get_u64(buf_.data() + 16);
-      if (h_->tensor.digest() != hash) corrupt("tensor '" + t.name + "' checksum mismatch");
+      if (h_->tensor.digest() != hash) corrupt("tensor '" + std::string(name) + "' checksum mismatch");
       uint8_t le[8];
       put_u64(le, hash);
       h_->combined.update(le, 8);

@@ -31,6 +31,9 @@ class Writer {
   Writer(const Writer&) = delete;
   Writer& operator=(const Writer&) = delete;
 
+  // `m`, and what changes->tensor_at reads, must stay valid until
+  // finish(): the writer asks each tensor's size as the tensor comes (a
+  // table of sizes cost 8 bytes a tensor).
   void begin(const Manifest& m, const ManifestChanges* changes = nullptr);
   // Appends bytes to tensor `index`, which must be the current tensor (the
   // first one not yet ended). Splits into DATA frames of chunk_bytes.
@@ -56,7 +59,11 @@ class Writer {
   bool finished_ = false;
   bool sink_failed_ = false;
   size_t chunk_bytes_;
-  std::vector<uint64_t> sizes_;
+  std::function<uint64_t(size_t)> size_at_;  // of the k-th tensor
+  size_t count_ = 0;
+  uint64_t current_size();  // of tensor current_
+  bool size_known_ = false;
+  uint64_t size_ = 0;
   uint32_t current_ = 0;
   uint64_t offset_ = 0;
   uint64_t frames_ = 0;

@@ -68,7 +68,7 @@ size_t tbytes(Target t) { return t == Target::F32 ? 4 : 2; }
 std::vector<uint8_t> run(const TensorInfo& w, const ScalePairing& p, const std::vector<float>& s,
                          Target t, uint64_t first, const uint8_t* in, size_t n) {
   std::vector<uint8_t> out(n * tbytes(t) + 8, 0xCD);
-  st::dequant::convert_chunk(w, p, s, t, first, in, n, out.data(), loss_sink);
+  st::dequant::convert_chunk(w.view(), p, s, t, first, in, n, out.data(), loss_sink);
   for (size_t i = n * tbytes(t); i < out.size(); ++i) REQUIRE(out[i] == 0xCD);  // no overrun
   out.resize(n * tbytes(t));
   return out;

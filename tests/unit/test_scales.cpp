@@ -412,7 +412,7 @@ TEST_CASE("scales_first_order puts weight scales first, each group in order", "[
       ti("w2.weight", Dtype::F8_E4M3, {256, 256}),
       ti("w2.weight_scale_inv", Dtype::F32, {2, 2}),
   };
-  CHECK(sc::scales_first_order(t) == std::vector<size_t>{1, 4, 0, 2, 3});
+  CHECK(sc::scales_first_order(t) == std::vector<uint32_t>{1, 4, 0, 2, 3});
 }
 
 TEST_CASE("parse_block", "[scales]") {

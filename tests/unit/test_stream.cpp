@@ -1054,7 +1054,7 @@ TEST_CASE("1.1 model fields survive the manifest round trip", "[stream][manifest
   CHECK(g.model_dir == "/m");
   REQUIRE(g.converted_to);
   CHECK(*g.converted_to == Dtype::F16);
-  CHECK(g.tensors.at(0).source == m.tensors[0].source);
+  CHECK(g.tensors[0].source == m.tensors[0].source);
   SECTION("absent fields stay absent") {
     const auto plain = stream::decode_manifest(
         R"({"format":"st-stream","version":"1.0","producer":"p","metadata":null,"tensors":[]})");
@@ -1313,12 +1313,9 @@ TEST_CASE("data checksum: the AVX2 path gives the library's XXH3") {
 }
 
 TEST_CASE("NameIndex: the first of a repeated name, -1 for an absent one") {
-  std::vector<stream::TensorInfo> t(5);
+  stream::TensorTable t;
   const char* names[] = {"b", "a", "c", "a", "a.b"};
-  for (size_t i = 0; i < 5; ++i) {
-    t[i].name = names[i];
-    t[i].nbytes = i;  // tells the two "a" apart
-  }
+  for (uint64_t i = 0; i < 5; ++i) t.push_back(stream::TensorInfo(names[i], Dtype::U8, {i}, i));  // the size tells the two "a" apart
   const stream::NameIndex index(t);
   CHECK(index.find("b") == 0);
   CHECK(index.find("a") == 1);
@@ -1329,7 +1326,8 @@ TEST_CASE("NameIndex: the first of a repeated name, -1 for an absent one") {
   CHECK(index.find("aa") == -1);
   CHECK(index.find("d") == -1);
   CHECK_THROWS_AS(index.position("d"), st::Error);
-  CHECK(stream::NameIndex(std::vector<stream::TensorInfo>{}).find("a") == -1);
+  const stream::TensorTable none;
+  CHECK(stream::NameIndex(none).find("a") == -1);
 }
 
 TEST_CASE("SharedString: reads and compares as the text it holds") {
@@ -1352,4 +1350,91 @@ TEST_CASE("SharedString: reads and compares as the text it holds") {
   CHECK(std::string(a.c_str()) == "/m/x.safetensors");
   const std::string& s = a;
   CHECK(s.size() == 16);
+}
+
+TEST_CASE("TensorTable: rows and names across blocks, in place reorders, copies", "[stream][table]") {
+  // Enough rows for several row blocks and names for several name blocks,
+  // plus one name longer than a name block's quarter (its own block).
+  const size_t n = 100'000;
+  auto name_of = [](size_t i) { return "layer." + std::to_string(i) + std::string(i % 37, 'x') + ".weight"; };
+  const std::string huge(300'000, 'h');
+  stream::TensorTable t;
+  for (size_t i = 0; i < n; ++i) {
+    const uint64_t d = i % 5;
+    t.push_back(stream::TensorInfo(name_of(i), i % 2 ? Dtype::F32 : Dtype::BF16, {d, 3}, d * 3 * (i % 2 ? 4 : 2),
+                                   i < n / 2 ? "/m/a.safetensors" : "/m/b.safetensors"));
+  }
+  t.push_back(stream::TensorInfo(huge, Dtype::U8, {7}, 7));
+  t.push_back(stream::TensorInfo("", Dtype::F8_E4M3, {}, 1));
+  REQUIRE(t.size() == n + 2);
+  auto row_ok = [&](const stream::TensorTable& x, size_t at, size_t i) {
+    const stream::TensorView v = x[at];
+    const uint64_t d = i % 5;
+    return v.name == name_of(i) && v.dtype == (i % 2 ? Dtype::F32 : Dtype::BF16) && v.shape == std::vector<uint64_t>{d, 3} &&
+           v.nbytes == d * 3 * (i % 2 ? 4 : 2) && v.source == (i < n / 2 ? "/m/a.safetensors" : "/m/b.safetensors") &&
+           x.name(at) == v.name && x.nbytes(at) == v.nbytes && x.dtype(at) == v.dtype && x.shape(at) == v.shape;
+  };
+  for (size_t i = 0; i < n; ++i) REQUIRE(row_ok(t, i, i));
+  CHECK(t[n].name == huge);
+  CHECK(t[n].nbytes == 7);
+  CHECK(t[n + 1].name.empty());
+  CHECK(t[n + 1].source.empty());
+  size_t seen = 0;
+  for (const stream::TensorView v : t) seen += !v.name.empty();
+  CHECK(seen == n + 1);
+
+  SECTION("a copy is deep, a move empties the source") {
+    stream::TensorTable c = t;
+    t.clear();
+    CHECK(t.empty());
+    REQUIRE(c.size() == n + 2);
+    for (size_t i = 0; i < n; i += 997) CHECK(row_ok(c, i, i));
+    CHECK(c[n].name == huge);
+    stream::TensorTable moved = std::move(c);
+    CHECK(c.empty());  // NOLINT: moved-from state is specified
+    CHECK(moved.size() == n + 2);
+    CHECK(row_ok(moved, n - 1, n - 1));
+  }
+  SECTION("a permutation after a fixed prefix") {
+    const size_t base = 10;
+    std::vector<uint32_t> order(t.size() - base);  // reversed, with two rows swapped back
+    for (size_t k = 0; k < order.size(); ++k) order[k] = static_cast<uint32_t>(order.size() - 1 - k);
+    std::swap(order[3], order[4]);
+    t.reorder_from(base, order);
+    REQUIRE(t.size() == n + 2);
+    for (size_t i = 0; i < base; ++i) REQUIRE(row_ok(t, i, i));
+    CHECK(t[base].name.empty());  // was last
+    CHECK(t[base + 1].name == huge);
+    CHECK(row_ok(t, base + 2, n - 1));
+    CHECK(row_ok(t, base + 3, n - 3));  // the swapped pair
+    CHECK(row_ok(t, base + 4, n - 2));
+    for (size_t k = 5; k < order.size(); ++k) REQUIRE(row_ok(t, base + k, base + order[k]));
+  }
+  SECTION("an increasing subset, and rows added after it") {
+    std::vector<uint32_t> kept;
+    for (uint32_t i = 0; i < n; i += 3) kept.push_back(i);
+    t.reorder_from(0, kept);
+    REQUIRE(t.size() == kept.size());
+    for (size_t k = 0; k < kept.size(); ++k) REQUIRE(row_ok(t, k, kept[k]));
+    t.push_back(stream::TensorInfo("after", Dtype::I64, {2}, 16));
+    CHECK(t[kept.size()].name == "after");
+    CHECK(t[kept.size()].nbytes == 16);
+    CHECK(row_ok(t, kept.size() - 1, kept.back()));
+  }
+}
+
+TEST_CASE("TensorTable refuses a size that is not dtype x shape", "[stream][table]") {
+  stream::TensorTable t;
+  CHECK_THROWS_AS(t.push_back(stream::TensorInfo("a", Dtype::F32, {2}, 4)), st::Error);
+  CHECK_THROWS_AS(t.push_back(stream::TensorInfo("b", Dtype::F4, {3}, 1)), st::Error);  // 12 bits: not whole bytes
+  CHECK(t.empty());
+  t.push_back(stream::TensorInfo("c", Dtype::F4, {4}, 2));
+  CHECK(t.nbytes(0) == 2);
+}
+
+TEST_CASE("permute_in_place puts at(order[k]) at k", "[stream][table]") {
+  const std::vector<uint32_t> order = {2, 0, 1, 5, 4, 3};
+  std::vector<char> v = {'a', 'b', 'c', 'd', 'e', 'f'};
+  stream::permute_in_place(order, [&](size_t j) -> char& { return v[j]; });
+  CHECK(v == std::vector<char>{'c', 'a', 'b', 'f', 'e', 'd'});
 }

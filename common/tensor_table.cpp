@@ -1,0 +1,182 @@
+#include "tensor_table.hpp"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "error.hpp"
+#include "intern.hpp"
+
+namespace st::stream {
+
+const std::string& SharedString::empty_string() {
+  static const std::string none;
+  return none;
+}
+
+SharedString::SharedString(const std::string& s) {
+  if (!s.empty()) p_ = InternPool<std::string>::intern(s);
+}
+
+void SharedString::clear_pool() { InternPool<std::string>::clear(); }
+
+// Memory straight from mmap, given back with munmap. malloc may keep a
+// freed block of a MiB in its heap (glibc raises its mapping threshold as
+// mappings are freed, and each thread of st-convert has its own arena):
+// on a million tensors st-convert peaked at 348 MiB with malloc'd blocks
+// and 281 MiB with mappings. Only the pages written become resident, so a
+// small table costs a page or two.
+struct TensorTable::Block {
+  explicit Block(size_t n) : size(n) {
+    void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    data = static_cast<char*>(p);
+  }
+  ~Block() { ::munmap(data, size); }
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+  char* data;
+  size_t size;
+};
+
+TensorTable::TensorTable() = default;
+TensorTable::~TensorTable() = default;
+TensorTable::TensorTable(TensorTable&& o) noexcept
+    : rows_(std::move(o.rows_)),
+      blocks_(std::move(o.blocks_)),
+      names_at_(o.names_at_),
+      names_left_(o.names_left_),
+      sources_(std::move(o.sources_)),
+      size_(o.size_) {
+  o.clear();
+}
+
+TensorTable& TensorTable::operator=(TensorTable&& o) noexcept {
+  if (this != &o) {
+    rows_ = std::move(o.rows_);
+    blocks_ = std::move(o.blocks_);
+    names_at_ = o.names_at_;
+    names_left_ = o.names_left_;
+    sources_ = std::move(o.sources_);
+    size_ = o.size_;
+    o.clear();
+  }
+  return *this;
+}
+
+TensorTable::TensorTable(const TensorTable& other) {
+  for (const TensorView& t : other) push_back(t);
+}
+
+TensorTable& TensorTable::operator=(const TensorTable& other) {
+  if (this != &other) {
+    TensorTable copy(other);
+    *this = std::move(copy);
+  }
+  return *this;
+}
+
+TensorTable::TensorTable(std::initializer_list<TensorInfo> tensors) {
+  for (const auto& t : tensors) push_back(t);
+}
+
+TensorTable::TensorTable(const std::vector<TensorInfo>& tensors) {
+  for (const auto& t : tensors) push_back(t);
+}
+
+TensorView TensorTable::operator[](size_t i) const {
+  const Row& r = row(i);
+  return {{r.name, r.name_size}, r.dtype, r.shape, nbytes(i), sources_[r.source]};
+}
+
+uint64_t TensorTable::nbytes(size_t i) const {
+  const Row& r = row(i);
+  ByteSize size;
+  tensor_size(r.dtype, r.shape.data(), r.shape.size(), size);  // checked when the row was added
+  return size.bytes;
+}
+
+void TensorTable::clear() {
+  rows_.clear();
+  blocks_.clear();
+  names_at_ = nullptr;
+  names_left_ = 0;
+  sources_.clear();
+  size_ = 0;
+}
+
+TensorTable::Row* TensorTable::new_row() {
+  if ((size_ & (kRowsPerBlock - 1)) == 0 && (size_ >> kRowBits) == rows_.size()) {
+    blocks_.push_back(std::make_unique<Block>(kRowsPerBlock * sizeof(Row)));
+    rows_.push_back(reinterpret_cast<Row*>(blocks_.back()->data));
+  }
+  return &row(size_++);
+}
+
+const char* TensorTable::store_name(std::string_view name) {
+  if (name.empty()) return "";
+  if (name.size() > names_left_) {
+    // A name longer than a block gets a block of its own; the current
+    // block's rest stays for the names after it.
+    const bool own = name.size() > kNameBlock / 4;
+    blocks_.push_back(std::make_unique<Block>(own ? name.size() : kNameBlock));
+    if (!own) {
+      names_at_ = blocks_.back()->data;
+      names_left_ = kNameBlock;
+    } else {
+      std::memcpy(blocks_.back()->data, name.data(), name.size());
+      return blocks_.back()->data;
+    }
+  }
+  char* p = names_at_;
+  std::memcpy(p, name.data(), name.size());
+  names_at_ += name.size();
+  names_left_ -= name.size();
+  return p;
+}
+
+uint16_t TensorTable::source_index(const SharedString& s) {
+  // Tensors of one file follow each other: the last one is nearly always it.
+  if (!sources_.empty() && sources_.back() == s) return static_cast<uint16_t>(sources_.size() - 1);
+  const auto it = std::find(sources_.begin(), sources_.end(), s);
+  if (it != sources_.end()) return static_cast<uint16_t>(it - sources_.begin());
+  if (sources_.size() > UINT16_MAX) throw Error("a model of more than 65536 files is not supported");
+  sources_.push_back(s);
+  return static_cast<uint16_t>(sources_.size() - 1);
+}
+
+void TensorTable::push_back(const TensorView& t) {
+  ByteSize size;
+  if (tensor_size(t.dtype, t.shape.data(), t.shape.size(), size) != SizeError::None || size.bytes != t.nbytes)
+    throw Error("internal: tensor " + std::string(t.name) + ": nbytes does not match dtype and shape");
+  add(t.name, t.dtype, t.shape, t.source);
+}
+
+void TensorTable::add(std::string_view name, Dtype dtype, const Shape& shape, const SharedString& source) {
+  if (name.size() > UINT32_MAX) throw Error("a tensor name is longer than 4 GiB");
+  const uint16_t from = source_index(source);
+  const char* stored = store_name(name);
+  Row* r = new_row();
+  new (r) Row{stored, shape, static_cast<uint32_t>(name.size()), from, dtype};
+}
+
+void TensorTable::reorder_from(size_t base, const std::vector<uint32_t>& order) {
+  if (std::is_sorted(order.begin(), order.end())) {  // a subset (or all), in place
+    for (size_t k = 0; k < order.size(); ++k) row(base + k) = row(base + order[k]);
+  } else {
+    if (order.size() != size_ - base) throw Error("internal: TensorTable::reorder_from: not a permutation");
+    permute_in_place(order, [&](size_t j) -> Row& { return row(base + j); });
+  }
+  size_ = base + order.size();
+  // Row blocks past the new end are no longer needed.
+  while (rows_.size() > (size_ + kRowsPerBlock - 1) / kRowsPerBlock) {
+    Row* last = rows_.back();
+    rows_.pop_back();
+    auto it = std::find_if(blocks_.begin(), blocks_.end(), [&](const auto& b) { return b->data == reinterpret_cast<char*>(last); });
+    blocks_.erase(it);
+  }
+}
+
+}  // namespace st::stream
