@@ -21,8 +21,8 @@ void convert_chunk(const stream::TensorView& w, const ScalePairing& pair, const 
                    fp8::Loss& loss) {
   const Dtype format = is_fp8_weight_dtype(w.dtype) ? w.dtype : pair.format;
   const size_t ob = fp8::target_bytes(target);
-  if (pair.scale.empty() || pair.layout == ScaleLayout::PerTensor) {
-    fp8::convert_run(format, in, n, pair.scale.empty() ? 1.0f : scale.at(0), target, out, loss);
+  if (!pair.has_scale() || pair.layout == ScaleLayout::PerTensor) {
+    fp8::convert_run(format, in, n, !pair.has_scale() ? 1.0f : scale.at(0), target, out, loss);
     return;
   }
   // Rank >= 2 from here: N columns per row, scale constant over runs.
@@ -132,9 +132,8 @@ void output_tensor(const TensorView& in, std::string_view name, bool converted, 
 
 stream::Manifest output_manifest(const stream::Manifest& m, const stream::Matching& mt, fp8::Target target) {
   stream::Manifest om = output_fields(m, mt, target);
-  const stream::NameIndex index(m);
   std::vector<bool> converted(m.tensors.size(), false);
-  for (const auto& p : mt.pairs) converted[index.position(p.weight)] = true;
+  for (const auto& p : mt.pairs) converted[p.weight] = true;
   const scales::OutputNames names(m, mt);
   TensorInfo t;
   for (size_t k = 0; k < names.size(); ++k) {
@@ -167,25 +166,25 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   std::vector<int32_t> scale_of(mt.pairs.size(), -1), scale2_of(mt.pairs.size(), -1);
   size_t nslots = 0;
   {
-    const stream::NameIndex index(m);
-    for (const auto& d : mt.drop) action[index.position(d)] = Action::Drop;
+    auto name = [&](size_t i) { return json::quote(m.tensors.name(i)); };
+    for (uint32_t d : mt.drop) action[d] = Action::Drop;
     for (size_t k = 0; k < mt.pairs.size(); ++k) {
       const auto& p = mt.pairs[k];
-      const size_t w = index.position(p.weight);
-      if (action[w] == Action::HoldScale) fail("internal: " + json::quote(p.weight) + " is both a weight and a scale");
+      const size_t w = p.weight;
+      if (action[w] == Action::HoldScale) fail("internal: " + name(w) + " is both a weight and a scale");
       action[w] = Action::Convert;
       arg[w] = static_cast<int32_t>(k);
-      for (const auto* sname : {&p.scale, &p.scale2}) {
-        if (sname->empty()) continue;
-        const size_t s = index.position(*sname);
-        if (action[s] == Action::Convert) fail("internal: " + json::quote(*sname) + " is both a weight and a scale");
+      for (const int32_t* sp : {&p.scale, &p.scale2}) {
+        if (*sp == ScalePairing::kNone) continue;
+        const auto s = static_cast<size_t>(*sp);
+        if (action[s] == Action::Convert) fail("internal: " + name(s) + " is both a weight and a scale");
         if (action[s] != Action::HoldScale) {
           action[s] = Action::HoldScale;
           arg[s] = static_cast<int32_t>(nslots++);
         }
-        (sname == &p.scale ? scale_of : scale2_of)[k] = static_cast<int32_t>(s);
+        (sp == &p.scale ? scale_of : scale2_of)[k] = static_cast<int32_t>(s);
         if (s > w)
-          fail("stream order: scale " + json::quote(*sname) + " comes after its weight " + json::quote(p.weight) +
+          fail("stream order: scale " + name(s) + " comes after its weight " + name(w) +
                "; stages need scales first (st-list orders them so)");
       }
     }

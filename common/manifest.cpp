@@ -7,8 +7,8 @@
 
 #include <algorithm>
 #include <cstring>
-#include <iterator>
-#include <new>
+#include <exception>
+#include <memory>
 
 #include "error.hpp"
 #include "intern.hpp"
@@ -143,6 +143,108 @@ struct TensorFields {
   TensorInfo info;
 };
 
+// The SAX events of one JSON value, replayed into a Document of its own.
+// An element of matching's pairs or drop array is made a small DOM, checked
+// and converted as it arrives, and dropped: a DOM of every pair cost some
+// 300 bytes a pair.
+class ValueRecorder {
+ public:
+  enum class Ev : uint8_t { Null, Bool, Uint64, Int64, Double, String, Key, StartObject, EndObject, StartArray, EndArray };
+  void clear() {
+    events_.clear();
+    text_.clear();
+  }
+  void add(Ev ev, uint64_t u = 0, double d = 0) { events_.push_back({ev, u, d, 0, 0}); }
+  void add_text(Ev ev, const char* s, size_t n) {
+    events_.push_back({ev, 0, 0, text_.size(), n});
+    text_.append(s, n);
+  }
+  template <class H>
+  bool replay(H& h) const {
+    for (const Event& e : events_) {
+      bool ok = true;
+      const auto n = static_cast<rapidjson::SizeType>(e.len);
+      switch (e.ev) {
+        case Ev::Null: ok = h.Null(); break;
+        case Ev::Bool: ok = h.Bool(e.u != 0); break;
+        case Ev::Uint64: ok = h.Uint64(e.u); break;
+        case Ev::Int64: ok = h.Int64(static_cast<int64_t>(e.u)); break;
+        case Ev::Double: ok = h.Double(e.d); break;
+        case Ev::String: ok = h.String(text_.data() + e.at, n, true); break;
+        case Ev::Key: ok = h.Key(text_.data() + e.at, n, true); break;
+        case Ev::StartObject: ok = h.StartObject(); break;
+        case Ev::EndObject: ok = h.EndObject(static_cast<rapidjson::SizeType>(e.u)); break;
+        case Ev::StartArray: ok = h.StartArray(); break;
+        case Ev::EndArray: ok = h.EndArray(static_cast<rapidjson::SizeType>(e.u)); break;
+      }
+      if (!ok) return false;
+    }
+    return true;
+  }
+
+ private:
+  struct Event {
+    Ev ev;
+    uint64_t u;
+    double d;
+    size_t at, len;  // a string's bytes in text_
+  };
+  std::vector<Event> events_;
+  std::string text_;
+};
+
+Dtype get_dtype(const Value& v, const std::string& what) {
+  const std::string n = get_string(v, what);
+  auto d = dtype_from_name(n);
+  if (!d) bad(what + " is not a dtype: " + json::quote(n));
+  return *d;
+}
+
+// Tensor names of the matching as positions in the manifest's table.
+class PositionOf {
+ public:
+  explicit PositionOf(const TensorTable& t) : index_(t) {}
+  uint32_t operator()(const Value& v, const std::string& what) const {
+    const std::string name = get_string(v, what);
+    const long i = index_.find(name);
+    if (i < 0) bad("matching names " + what + " " + json::quote(name) + ", which is not in the manifest");
+    return static_cast<uint32_t>(i);
+  }
+
+ private:
+  NameIndex index_;
+};
+
+// One element of matching.pairs (a DOM of its own, or of the whole
+// manifest's) as a pairing; a new output name goes to mt.outputs.
+ScalePairing pair_from(const Value& p, const PositionOf& position, Matching& mt) {
+  if (!p.IsObject()) bad("a matching pair is not an object");
+  ScalePairing sp;
+  sp.weight = position(member(p, "weight", "a matching pair"), "pair weight");
+  sp.format = get_dtype(member(p, "format", "a matching pair"), "pair format");
+  if (auto o = p.FindMember("output"); o != p.MemberEnd()) {
+    sp.output = static_cast<int32_t>(mt.outputs.size());
+    mt.outputs.push_back(get_string(o->value, "pair output"));
+  }
+  if (auto s = p.FindMember("scale"); s != p.MemberEnd()) {
+    sp.scale = static_cast<int32_t>(position(s->value, "pair scale"));
+    sp.scale_format = get_dtype(member(p, "scale_format", "a matching pair"), "pair scale_format");
+    if (auto s2 = p.FindMember("scale2"); s2 != p.MemberEnd()) sp.scale2 = static_cast<int32_t>(position(s2->value, "pair scale2"));
+    sp.convention = get_string(member(p, "convention", "a matching pair"), "pair convention");
+    sp.layout = layout_from(get_string(member(p, "layout", "a matching pair"), "pair layout"));
+    if (sp.layout == ScaleLayout::Block) {
+      const Value& b = member(p, "block", "a block pair");
+      if (!b.IsArray() || b.Size() != 2) bad("pair block is not [rows, cols]");
+      sp.block_rows = get_u64(b[0], "pair block");
+      sp.block_cols = get_u64(b[1], "pair block");
+    } else if (sp.layout == ScaleLayout::MxSwizzled) {
+      sp.block_rows = 1;  // groups of 32 along a row, by definition
+      sp.block_cols = 32;
+    }
+  }
+  return sp;
+}
+
 // SAX handler for a whole manifest: the "tensors" array of the root object
 // becomes rows of the table directly, everything else is forwarded to a
 // Document. A manifest of a million tensors then never exists as a DOM
@@ -151,16 +253,42 @@ class ManifestHandler {
  public:
   ManifestHandler(rapidjson::Document& doc, TensorTable& out) : doc_(doc), out_(out) {}
   const std::string& error() const { return error_; }
+  // What a conversion of a collected element threw (st::Error), or null.
+  std::exception_ptr thrown() const { return thrown_; }
+  // The pairs and drop entries converted as they arrived (none when the
+  // matching came before the tensors: then they are in the Document).
+  Matching take_collected() { return std::move(collected_); }
 
-  bool Null() { return in_tensors() ? wrong_value() : doc_.Null(); }
-  bool Bool(bool b) { return in_tensors() ? wrong_value() : doc_.Bool(b); }
-  bool Int(int i) { return in_tensors() ? wrong_value() : doc_.Int(i); }
-  bool Int64(int64_t i) { return in_tensors() ? wrong_value() : doc_.Int64(i); }
-  bool Double(double d) { return in_tensors() ? wrong_value() : doc_.Double(d); }
+  bool Null() {
+    if (collecting()) return scalar(ValueRecorder::Ev::Null);
+    return in_tensors() ? wrong_value() : doc_.Null();
+  }
+  bool Bool(bool b) {
+    if (collecting()) return scalar(ValueRecorder::Ev::Bool, b);
+    return in_tensors() ? wrong_value() : doc_.Bool(b);
+  }
+  bool Int(int i) { return Int64(i); }
+  bool Int64(int64_t i) {
+    if (collecting()) return scalar(ValueRecorder::Ev::Int64, static_cast<uint64_t>(i));
+    return in_tensors() ? wrong_value() : doc_.Int64(i);
+  }
+  bool Double(double d) {
+    if (collecting()) return scalar(ValueRecorder::Ev::Double, 0, d);
+    return in_tensors() ? wrong_value() : doc_.Double(d);
+  }
   bool RawNumber(const char*, rapidjson::SizeType, bool) { return false; }  // not asked for
-  bool Uint(unsigned u) { return in_tensors() ? number(u) : doc_.Uint(u); }
-  bool Uint64(uint64_t u) { return in_tensors() ? number(u) : doc_.Uint64(u); }
+  bool Uint(unsigned u) { return Uint64(u); }
+  bool Uint64(uint64_t u) {
+    if (collecting()) return scalar(ValueRecorder::Ev::Uint64, u);
+    return in_tensors() ? number(u) : doc_.Uint64(u);
+  }
   bool String(const char* str, rapidjson::SizeType n, bool copy) {
+    if (collecting()) {
+      if (!json::valid_utf8(std::string_view(str, n))) return fail_utf8();
+      if (collect_depth_ == 0) rec_.clear();
+      rec_.add_text(ValueRecorder::Ev::String, str, n);
+      return collect_depth_ == 0 ? finish_element() : true;
+    }
     if (!in_tensors()) return doc_.String(str, n, copy);
     const std::string_view v(str, n);
     if (!json::valid_utf8(v)) return fail_utf8();
@@ -176,8 +304,18 @@ class ManifestHandler {
     return true;
   }
   bool Key(const char* str, rapidjson::SizeType n, bool copy) {
+    if (collecting()) {
+      if (!json::valid_utf8(std::string_view(str, n))) return fail_utf8();
+      rec_.add_text(ValueRecorder::Ev::Key, str, n);
+      return true;
+    }
     if (!in_tensors()) {
-      if (depth_ == 1) root_key_tensors_ = std::string_view(str, n) == "tensors";
+      const std::string_view k(str, n);
+      if (depth_ == 1) {
+        root_key_tensors_ = k == "tensors";
+        root_key_matching_ = k == "matching";
+      }
+      if (depth_ == 2 && in_matching_) matching_key_ = k == "pairs" ? Collect::Pairs : k == "drop" ? Collect::Drop : Collect::None;
       return doc_.Key(str, n, copy);
     }
     const std::string_view k(str, n);
@@ -194,8 +332,10 @@ class ManifestHandler {
   }
   bool StartObject() {
     if (!deeper()) return false;
+    if (collecting()) return open_collected(ValueRecorder::Ev::StartObject);
     if (!in_tensors()) {
       ++depth_;
+      if (depth_ == 2) in_matching_ = root_key_matching_;
       return doc_.StartObject();
     }
     if (skip_ > 0 || level_ > 1) return open_nested();
@@ -205,7 +345,9 @@ class ManifestHandler {
     return true;
   }
   bool EndObject(rapidjson::SizeType n) {
+    if (collecting()) return close_collected(ValueRecorder::Ev::EndObject, n);
     if (!in_tensors()) {
+      if (depth_ == 2) in_matching_ = false;
       --depth_;
       return doc_.EndObject(n);
     }
@@ -215,6 +357,7 @@ class ManifestHandler {
   }
   bool StartArray() {
     if (!deeper()) return false;
+    if (collecting()) return open_collected(ValueRecorder::Ev::StartArray);
     if (!in_tensors()) {
       if (depth_ == 1 && root_key_tensors_) {
         if (tensors_seen_) return fail("tensors appears twice");
@@ -223,6 +366,12 @@ class ManifestHandler {
         return doc_.StartArray();
       }
       ++depth_;
+      // matching's pairs and drop, once every tensor is in: each element is
+      // converted as it arrives; the Document gets the array empty.
+      if (in_matching_ && depth_ == 3 && matching_key_ != Collect::None && tensors_seen_ && level_ == 0) {
+        collecting_ = matching_key_;
+        collect_depth_ = 0;
+      }
       return doc_.StartArray();
     }
     if (level_ == 2 && skip_ == 0 && field_ == Field::Shape && cur_.shape == TensorFields::Got::Absent) {
@@ -234,6 +383,12 @@ class ManifestHandler {
     return open_nested();
   }
   bool EndArray(rapidjson::SizeType n) {
+    if (collecting()) {
+      if (collect_depth_ > 0) return close_collected(ValueRecorder::Ev::EndArray, n);
+      collecting_ = Collect::None;  // the end of pairs or drop
+      --depth_;
+      return doc_.EndArray(0);
+    }
     if (!in_tensors()) {
       --depth_;
       return doc_.EndArray(n);
@@ -255,11 +410,48 @@ class ManifestHandler {
  private:
   enum class Field { Name, Dtype, Shape, Nbytes, Source, Other };
 
+  enum class Collect { None, Pairs, Drop };
+
   bool in_tensors() const { return level_ > 0; }
+  bool collecting() const { return collecting_ != Collect::None; }
+  // An element of pairs or drop: recorded, then made a DOM, checked and
+  // converted when it is complete.
+  bool scalar(ValueRecorder::Ev ev, uint64_t u = 0, double d = 0) {
+    if (collect_depth_ == 0) rec_.clear();
+    rec_.add(ev, u, d);
+    return collect_depth_ == 0 ? finish_element() : true;
+  }
+  bool open_collected(ValueRecorder::Ev ev) {
+    if (collect_depth_ == 0) rec_.clear();
+    ++collect_depth_;
+    rec_.add(ev);
+    return true;
+  }
+  bool close_collected(ValueRecorder::Ev ev, rapidjson::SizeType n) {
+    rec_.add(ev, n);
+    return --collect_depth_ == 0 ? finish_element() : true;
+  }
+  bool finish_element() {
+    pool_.Clear();
+    rapidjson::Document elem(&pool_);
+    auto replay = [&](rapidjson::Document& d) { return rec_.replay(d); };
+    elem.Populate(replay);
+    try {
+      if (const auto k = repeated_key(elem)) bad("an object has the key " + json::quote(*k) + " twice");
+      if (!position_) position_ = std::make_unique<PositionOf>(out_);
+      if (collecting_ == Collect::Pairs) collected_.pairs.push_back(pair_from(elem, *position_, collected_));
+      else collected_.drop.push_back((*position_)(elem, "drop entry"));
+    } catch (const Error&) {
+      thrown_ = std::current_exception();
+      return false;
+    }
+    return true;
+  }
+
   // Nesting is limited (json::kMaxDepth) so that walking the Document
   // cannot exhaust the stack; the parser itself is iterative.
   bool deeper() {
-    const int open = depth_ + (level_ > 0 ? 1 : 0) + (level_ > 1 ? 1 : 0) + (in_shape_ ? 1 : 0) + skip_;
+    const int open = depth_ + (level_ > 0 ? 1 : 0) + (level_ > 1 ? 1 : 0) + (in_shape_ ? 1 : 0) + skip_ + collect_depth_;
     if (open + 1 > json::kMaxDepth) return fail("nested more than " + std::to_string(json::kMaxDepth) + " levels deep");
     return true;
   }
@@ -353,6 +545,16 @@ class ManifestHandler {
   }
   std::string error_;
   int depth_ = 0;            // open containers of the Document
+  bool root_key_matching_ = false;
+  bool in_matching_ = false;  // directly in the root's "matching" object
+  Collect matching_key_ = Collect::None;  // the key just read there
+  Collect collecting_ = Collect::None;
+  int collect_depth_ = 0;    // open containers of the element being recorded
+  ValueRecorder rec_;
+  rapidjson::MemoryPoolAllocator<> pool_;  // the element's DOM, reused
+  std::unique_ptr<PositionOf> position_;   // made when the first element is converted
+  Matching collected_;
+  std::exception_ptr thrown_;
   bool root_key_tensors_ = false;
   bool tensors_seen_ = false;
   int level_ = 0;            // 0 outside the tensors array, 1 in it, 2 in an entry
@@ -475,24 +677,27 @@ void write_manifest(W& w, const Manifest& m, const ManifestChanges* changes) {
     w.EndArray();
     key(w, "pairs");
     w.StartArray();
+    // Positions are in m.tensors (the input's table when a stage replaces
+    // the tensors it writes).
+    const TensorTable& ts = m.tensors;
     for (const auto& p : mt.pairs) {
       w.StartObject();
       key(w, "weight");
-      put(w, p.weight);
+      put(w, ts.name(p.weight));
       key(w, "format");
       put(w, dtype_name(p.format));
-      if (!p.output.empty()) {
+      if (p.output != ScalePairing::kNone) {
         key(w, "output");
-        put(w, p.output);
+        put(w, mt.outputs[static_cast<size_t>(p.output)]);
       }
-      if (!p.scale.empty()) {
+      if (p.has_scale()) {
         key(w, "scale");
-        put(w, p.scale);
+        put(w, ts.name(static_cast<size_t>(p.scale)));
         key(w, "scale_format");
         put(w, dtype_name(p.scale_format));
-        if (!p.scale2.empty()) {
+        if (p.scale2 != ScalePairing::kNone) {
           key(w, "scale2");
-          put(w, p.scale2);
+          put(w, ts.name(static_cast<size_t>(p.scale2)));
         }
         key(w, "convention");
         put(w, p.convention.str());
@@ -511,7 +716,7 @@ void write_manifest(W& w, const Manifest& m, const ManifestChanges* changes) {
     w.EndArray();
     key(w, "drop");
     w.StartArray();
-    for (const auto& d : mt.drop) put(w, d);
+    for (uint32_t d : mt.drop) put(w, ts.name(d));
     w.EndArray();
     key(w, "rename");
     w.StartArray();
@@ -600,6 +805,7 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
   };
   doc.Populate(generate);
   if (in.saw_nul()) bad("contains a NUL byte (not JSON)");
+  if (handler.thrown()) std::rethrow_exception(handler.thrown());
   if (!handler.error().empty()) bad(handler.error());
   if (reader.HasParseError()) {
     if (reader.GetParseErrorCode() == rapidjson::kParseErrorStringInvalidEncoding) bad("not valid UTF-8");
@@ -662,48 +868,26 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
   if (auto it = doc.FindMember("matching"); it != doc.MemberEnd()) {
     const Value& mv = it->value;
     if (!mv.IsObject()) bad("matching is not an object");
-    Matching mt;
+    // Pairs and drop entries were converted as they arrived, unless the
+    // matching came before the tensors: then they are converted here.
+    Matching mt = handler.take_collected();
     const Value& block = member(mv, "block", "matching");
     if (!block.IsArray() || block.Size() != 2) bad("matching block is not [rows, cols]");
     mt.block_rows = get_u64(block[0], "matching block");
     mt.block_cols = get_u64(block[1], "matching block");
-    auto get_dtype = [](const Value& v, const std::string& what) {
-      const std::string n = get_string(v, what);
-      auto d = dtype_from_name(n);
-      if (!d) bad(what + " is not a dtype: " + json::quote(n));
-      return *d;
-    };
     auto array_of = [&](const char* name) -> const Value& {
       const Value& a = member(mv, name, "matching");
       if (!a.IsArray()) bad(std::string("matching ") + name + " is not an array");
       return a;
     };
-    mt.pairs.reserve(array_of("pairs").Size());  // entries that arrived, not a claimed count
-    for (const Value& p : array_of("pairs").GetArray()) {
-      if (!p.IsObject()) bad("a matching pair is not an object");
-      ScalePairing sp;
-      sp.weight = get_string(member(p, "weight", "a matching pair"), "pair weight");
-      sp.format = get_dtype(member(p, "format", "a matching pair"), "pair format");
-      if (auto o = p.FindMember("output"); o != p.MemberEnd()) sp.output = get_string(o->value, "pair output");
-      if (auto s = p.FindMember("scale"); s != p.MemberEnd()) {
-        sp.scale = get_string(s->value, "pair scale");
-        sp.scale_format = get_dtype(member(p, "scale_format", "a matching pair"), "pair scale_format");
-        if (auto s2 = p.FindMember("scale2"); s2 != p.MemberEnd()) sp.scale2 = get_string(s2->value, "pair scale2");
-        sp.convention = get_string(member(p, "convention", "a matching pair"), "pair convention");
-        sp.layout = layout_from(get_string(member(p, "layout", "a matching pair"), "pair layout"));
-        if (sp.layout == ScaleLayout::Block) {
-          const Value& b = member(p, "block", "a block pair");
-          if (!b.IsArray() || b.Size() != 2) bad("pair block is not [rows, cols]");
-          sp.block_rows = get_u64(b[0], "pair block");
-          sp.block_cols = get_u64(b[1], "pair block");
-        } else if (sp.layout == ScaleLayout::MxSwizzled) {
-          sp.block_rows = 1;  // groups of 32 along a row, by definition
-          sp.block_cols = 32;
-        }
-      }
-      mt.pairs.push_back(std::move(sp));
+    const Value& pairs = array_of("pairs");
+    const Value& drop = array_of("drop");
+    if (!pairs.Empty() || !drop.Empty()) {
+      const PositionOf position(m.tensors);
+      mt.pairs.reserve(mt.pairs.size() + pairs.Size());  // entries that arrived, not a claimed count
+      for (const Value& p : pairs.GetArray()) mt.pairs.push_back(pair_from(p, position, mt));
+      for (const Value& d : drop.GetArray()) mt.drop.push_back(position(d, "drop entry"));
     }
-    for (const Value& d : array_of("drop").GetArray()) mt.drop.push_back(get_string(d, "drop entry"));
     for (const Value& r : array_of("rename").GetArray()) {
       if (!r.IsObject()) bad("a rename is not an object");
       mt.renames.push_back({get_string(member(r, "from", "a rename"), "rename from"),

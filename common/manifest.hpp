@@ -21,10 +21,16 @@ namespace st::stream {
 enum class ScaleLayout { PerTensor, PerRow, Block, MxSwizzled };
 
 // One FP8 weight with its scale tensor (or none: cast with scale 1).
+// Tensors are positions in the manifest's table: a model may pair hundreds
+// of thousands of weights, whose names the table holds already. (In the
+// stream they are names: docs/stream-format.md.)
 struct ScalePairing {
-  std::string weight;
-  std::string scale;            // "" when the weight has no scale
-  std::string scale2;           // a second, scalar factor (musubi scale_weight_tensor), or ""
+  static constexpr int32_t kNone = -1;
+  uint32_t weight = 0;
+  int32_t scale = kNone;        // kNone when the weight has no scale
+  int32_t scale2 = kNone;       // a second, scalar factor (musubi scale_weight_tensor), or kNone
+  int32_t output = kNone;       // the converted tensor's name: Matching::outputs[output], or kNone for the weight's
+  bool has_scale() const { return scale != kNone; }
   SharedString convention;      // the matcher row that paired them ("" when no scale); a few names, interned
   Dtype format = Dtype::F8_E4M3;        // how the weight's bytes decode (its dtype, or the
                                          // FP8 type of a U8/I8 container)
@@ -32,7 +38,6 @@ struct ScalePairing {
   ScaleLayout layout = ScaleLayout::PerTensor;
   uint64_t block_rows = 0;      // Block only; groups along a row are blocks of 1 x G
   uint64_t block_cols = 0;
-  std::string output;           // the converted tensor's name ("" = the weight's name)
 };
 
 // Something the matcher wants a person to know about.
@@ -54,12 +59,18 @@ struct MetadataEdit {
 
 struct Matching {
   std::vector<ScalePairing> pairs;  // every FP8 weight converted, in manifest order
-  std::vector<std::string> drop;    // tensors not needed after conversion (scales, markers, ...)
+  std::vector<uint32_t> drop;       // tensors not needed after conversion (scales, markers, ...), in manifest order
+  std::vector<std::string> outputs;  // the names of converted weights written under another name
   std::vector<Rename> renames;      // tensors that pass through under another name
   std::vector<MetadataEdit> metadata_edits;
   std::vector<MatchProblem> problems;
   uint64_t block_rows = 128;        // block size used for 2-D scale grids
   uint64_t block_cols = 128;
+
+  // The name pair p's weight is written under.
+  std::string_view output_name(const ScalePairing& p, const TensorTable& t) const {
+    return p.output == ScalePairing::kNone ? t.name(p.weight) : std::string_view(outputs[static_cast<size_t>(p.output)]);
+  }
 };
 
 struct Manifest {

@@ -143,26 +143,26 @@ void dry_run(const std::string& input, const dequant::Options& dq, const pack::O
   if (size.files > 1) out << " in " << size.files << " files";
   out << ")\n";
   out << "\nconverted to " << target << ": " << mt.pairs.size() << '\n';
-  const stream::NameIndex index(m);
   for (const auto& p : mt.pairs) {
-    const auto& w = index.at(p.weight);
-    out << "  " << p.weight << " " << dtype_name(w.dtype) << " " << shape_text(w.shape);
-    if (!p.output.empty()) out << " -> " << p.output;
-    out << (p.scale.empty() ? ", no scale (cast)" : ", scale " + p.scale + " (" + scales::layout_text(p) + ")") << '\n';
+    const auto w = m.tensors[p.weight];
+    out << "  " << w.name << " " << dtype_name(w.dtype) << " " << shape_text(w.shape);
+    if (p.output != stream::ScalePairing::kNone) out << " -> " << mt.output_name(p, m.tensors);
+    if (p.has_scale()) out << ", scale " << m.tensors.name(static_cast<size_t>(p.scale)) << " (" << scales::layout_text(p, m.tensors) << ")\n";
+    else out << ", no scale (cast)\n";
   }
   std::vector<std::string> passed;
-  std::unordered_set<std::string> converted;
-  for (const auto& p : mt.pairs) converted.insert(p.weight);
+  std::vector<bool> converted(m.tensors.size(), false);
+  for (const auto& p : mt.pairs) converted[p.weight] = true;
   const scales::OutputNames names(m, mt);
   for (size_t k = 0; k < names.size(); ++k) {
     const std::string in(m.tensors.name(names.input(k)));
     const std::string_view name = names.name(k);
-    if (!converted.count(in)) passed.push_back(name == in ? in : in + " -> " + std::string(name));
+    if (!converted[names.input(k)]) passed.push_back(name == in ? in : in + " -> " + std::string(name));
   }
   out << "\npassed through unchanged: " << passed.size() << '\n';
   for (const auto& n : passed) out << "  " << n << '\n';
   out << "\ndropped: " << mt.drop.size() << '\n';
-  for (const auto& d : mt.drop) out << "  " << d << '\n';
+  for (uint32_t d : mt.drop) out << "  " << m.tensors.name(d) << '\n';
   if (!mt.metadata_edits.empty()) {
     out << "\nmetadata:\n";
     for (const auto& e : mt.metadata_edits) out << "  " << e.key << (e.value ? " rewritten" : " removed") << '\n';

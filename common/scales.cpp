@@ -187,13 +187,13 @@ std::string convention_description(const std::string& name) {
   return name;
 }
 
-std::string layout_text(const ScalePairing& p) {
-  if (p.scale.empty()) return "none (scale 1)";
+std::string layout_text(const ScalePairing& p, const TensorTable& t) {
+  if (!p.has_scale()) return "none (scale 1)";
   std::string s(stream::layout_name(p.layout));
   if (p.layout == ScaleLayout::Block)
     s = (p.block_rows == 1 ? "group " : "block ") + std::to_string(p.block_rows) + "x" + std::to_string(p.block_cols);
   if (p.layout == ScaleLayout::MxSwizzled) s = "group 1x32, cuBLAS tiles (ComfyUI mxfp8)";
-  if (!p.scale2.empty()) s += " x " + p.scale2;
+  if (p.scale2 != ScalePairing::kNone) s += " x " + std::string(t.name(static_cast<size_t>(p.scale2)));
   return s;
 }
 
@@ -392,7 +392,8 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     return out;
   };
 
-  for (const auto& w : tensors) {
+  for (uint32_t wi = 0; wi < tensors.size(); ++wi) {
+    const TensorView w = tensors[wi];
     if (never_a_weight(w, has)) continue;
     const std::string layer = layer_of(w.name);
     // What the weight's bytes are: its FP8 dtype, or for a U8/I8 container
@@ -430,7 +431,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     if (!format) continue;
 
     ScalePairing pair;
-    pair.weight = w.name;
+    pair.weight = wi;
     pair.format = *format;
     if (cands.size() > 1) {
       // fp8-conventions 13.2 checks the suffixes in one order, the order of
@@ -491,13 +492,16 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
         continue;
       }
       ScalePairing p = *got;
-      p.weight = w.name;
+      p.weight = wi;
       p.format = *format;
-      p.scale = s.name;
+      p.scale = static_cast<int32_t>(by_name.position(c.scale));
       p.scale_format = scale_format;
-      p.scale2 = c.second;
+      if (!c.second.empty()) p.scale2 = static_cast<int32_t>(by_name.position(c.second));
       p.convention = c.row->name;
-      if (c.output != w.name) p.output = c.output;
+      if (c.output != w.name) {
+        p.output = static_cast<int32_t>(mt.outputs.size());
+        mt.outputs.push_back(c.output);
+      }
       pair = std::move(p);
       drop(s.name);
       if (!c.second.empty()) drop(c.second);
@@ -587,7 +591,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     }
     if (pair_at.empty() && !mt.pairs.empty()) {
       pair_at.assign(tensors.size(), -1);
-      for (size_t k = 0; k < mt.pairs.size(); ++k) pair_at[by_name.position(mt.pairs[k].weight)] = static_cast<int32_t>(k);
+      for (size_t k = 0; k < mt.pairs.size(); ++k) pair_at[mt.pairs[k].weight] = static_cast<int32_t>(k);
     }
     const long wi = weight.empty() ? -1 : by_name.find(weight);
     const ScalePairing* wp =
@@ -595,7 +599,8 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     if (wp)
       problem(kOrphanScale, t.name,
               "not used: its weight " + weight +
-                  (wp->scale.empty() ? " was cast with scale 1" : " uses " + wp->scale) + "; passed through");
+                  (!wp->has_scale() ? " was cast with scale 1" : " uses " + std::string(tensors.name(static_cast<size_t>(wp->scale)))) +
+                  "; passed through");
     else if (!weight.empty())
       problem(kNonFp8Weight, t.name,
               "its weight " + weight + " is " + std::string(dtype_name(by_name.at(weight).dtype)) +
@@ -626,7 +631,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   }
   // Drop in manifest order, for a deterministic stream.
   for (size_t i = 0; i < tensors.size(); ++i)
-    if (role[i] & kDropped) mt.drop.emplace_back(tensors.name(i));
+    if (role[i] & kDropped) mt.drop.push_back(static_cast<uint32_t>(i));
 
   // Output names written twice: every later tensor against the first that
   // has the name, in output order. Views into m.tensors, mt.pairs and
@@ -643,17 +648,24 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
 }
 
 OutputNames::OutputNames(const stream::Manifest& m, const Matching& mt) : m_(m) {
-  std::unordered_map<std::string_view, std::string_view> rename;
+  const size_t n = m.tensors.size();
+  std::vector<bool> dropped(n, false);  // a bit a tensor, not a set of names
+  size_t ndropped = 0;
+  for (uint32_t d : mt.drop)
+    if (d < n && !dropped[d]) {
+      dropped[d] = true;
+      ++ndropped;
+    }
   for (const auto& p : mt.pairs)
-    if (!p.output.empty()) rename[p.weight] = p.output;
+    if (p.output != ScalePairing::kNone && p.weight < n && !dropped[p.weight]) renamed_[p.weight] = mt.output_name(p, m.tensors);
+  std::unordered_map<std::string_view, std::string_view> rename;  // the few tensors passed on under another name
   for (const auto& r : mt.renames) rename[r.from] = r.to;
-  const std::unordered_set<std::string_view> dropped(mt.drop.begin(), mt.drop.end());
-  input_.reserve(m.tensors.size() - std::min(m.tensors.size(), dropped.size()));
-  for (size_t i = 0; i < m.tensors.size(); ++i) {
-    const std::string_view n = m.tensors[i].name;
-    if (dropped.count(n)) continue;
-    if (auto it = rename.find(n); it != rename.end()) renamed_.emplace(static_cast<uint32_t>(i), it->second);
-    input_.push_back(static_cast<uint32_t>(i));
+  input_.reserve(n - ndropped);
+  for (uint32_t i = 0; i < n; ++i) {
+    if (dropped[i]) continue;
+    if (!rename.empty())
+      if (auto it = rename.find(m.tensors.name(i)); it != rename.end()) renamed_[i] = it->second;
+    input_.push_back(i);
   }
 }
 
@@ -665,43 +677,44 @@ std::string_view OutputNames::name(size_t k) const {
 }
 
 void validate(const stream::Manifest& m, const Matching& mt) {
-  const stream::NameIndex index(m);
-  auto position = [&](const std::string& name, const char* what) -> size_t {
-    const long i = index.find(name);
-    if (i < 0) fail("stream matching names " + std::string(what) + " " + json::quote(name) + ", which is not in the manifest");
-    return static_cast<size_t>(i);
-  };
-  auto find = [&](const std::string& name, const char* what) -> TensorView { return m.tensors[position(name, what)]; };
   // Roles by manifest position, a byte each: a stream may list a million
   // tensors, and sets of their names would copy every one.
   const size_t n = m.tensors.size();
-  std::vector<uint8_t> dropped(n, 0), weight(n, 0), scale(n, 0), left(n, 0);
-  auto is_dropped = [&](const std::string& name) {
-    const long i = index.find(name);
-    return i >= 0 && dropped[static_cast<size_t>(i)];
+  // Positions come from a decoded stream (checked there) or from code: a
+  // matching made for another manifest is refused here.
+  auto at = [&](int64_t i, const char* what) -> size_t {
+    if (i < 0 || static_cast<uint64_t>(i) >= n)
+      fail("stream matching names " + std::string(what) + " #" + std::to_string(i) + ", which is not in the manifest");
+    return static_cast<size_t>(i);
   };
-  for (const auto& d : mt.drop)
-    if (const long i = index.find(d); i >= 0) dropped[static_cast<size_t>(i)] = 1;
+  auto q = [&](size_t i) { return json::quote(m.tensors.name(i)); };
+  const stream::NameIndex index(m);
+  std::vector<uint8_t> dropped(n, 0), weight(n, 0), scale(n, 0), left(n, 0);
+  for (uint32_t d : mt.drop) dropped[at(d, "dropped tensor")] = 1;
   for (const auto& p : mt.pairs) {
-    const size_t wi = position(p.weight, "weight");
+    const size_t wi = at(p.weight, "weight");
     const TensorView w = m.tensors[wi];
     const bool container = w.dtype == Dtype::U8 || w.dtype == Dtype::I8;
     if (!is_fp8_weight_dtype(p.format) || (!container && w.dtype != p.format))
-      fail("stream matching decodes " + json::quote(p.weight) + " (" + std::string(dtype_name(w.dtype)) + ") as " +
+      fail("stream matching decodes " + q(wi) + " (" + std::string(dtype_name(w.dtype)) + ") as " +
            std::string(dtype_name(p.format)));
-    if (weight[wi]) fail("stream matching lists weight " + json::quote(p.weight) + " twice");
+    if (weight[wi]) fail("stream matching lists weight " + q(wi) + " twice");
     weight[wi] = 1;
-    if (p.scale.empty()) continue;
-    const TensorView s = find(p.scale, "scale");
+    if (p.output != ScalePairing::kNone && static_cast<size_t>(p.output) >= mt.outputs.size())
+      fail("stream matching names output #" + std::to_string(p.output) + ", which it does not have");
+    if (!p.has_scale()) continue;
+    const size_t si = at(p.scale, "scale");
+    const TensorView s = m.tensors[si];
     const bool mx = s.dtype == Dtype::U8 && p.scale_format == Dtype::F8_E8M0 &&
                     ((p.layout == ScaleLayout::Block && p.block_rows == 1) || p.layout == ScaleLayout::MxSwizzled);
     if (!(fp8::is_scale_dtype(s.dtype) && s.dtype == p.scale_format) && !mx)
-      fail("stream matching uses " + json::quote(p.scale) + " of dtype " + std::string(dtype_name(s.dtype)) + " as a scale");
-    if (!is_dropped(p.scale)) fail("stream matching keeps scale " + json::quote(p.scale) + " in the output");
-    if (!p.scale2.empty()) {
-      const TensorView s2 = find(p.scale2, "scale");
-      if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype) || !is_dropped(p.scale2))
-        fail("stream matching: second scale " + json::quote(p.scale2) + " is not a dropped single value");
+      fail("stream matching uses " + q(si) + " of dtype " + std::string(dtype_name(s.dtype)) + " as a scale");
+    if (!dropped[si]) fail("stream matching keeps scale " + q(si) + " in the output");
+    if (p.scale2 != ScalePairing::kNone) {
+      const size_t s2i = at(p.scale2, "scale");
+      const TensorView s2 = m.tensors[s2i];
+      if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype) || !dropped[s2i])
+        fail("stream matching: second scale " + q(s2i) + " is not a dropped single value");
     }
     // The recorded layout must index exactly the scale's elements.
     bool ok = false;
@@ -721,26 +734,28 @@ void validate(const stream::Manifest& m, const Matching& mt) {
         }
         break;
     }
-    if (!ok) fail("stream matching: scale " + json::quote(p.scale) + " does not have the recorded layout for " + json::quote(p.weight));
+    if (!ok) fail("stream matching: scale " + q(si) + " does not have the recorded layout for " + q(wi));
   }
-  for (const auto& d : mt.drop) find(d, "dropped tensor");
-  for (const auto& r : mt.renames) find(r.from, "renamed tensor");
+  auto renamed = [&](const std::string& name) -> size_t {
+    const long i = index.find(name);
+    if (i < 0) fail("stream matching names renamed tensor " + json::quote(name) + ", which is not in the manifest");
+    return static_cast<size_t>(i);
+  };
+  for (const auto& r : mt.renames) renamed(r.from);
   // Each tensor has one role: a scale serves one weight (a second factor is
   // folded into it), and a converted weight is neither dropped, renamed
   // separately, nor another weight's scale.
   for (const auto& p : mt.pairs)
-    for (const auto* s : {&p.scale, &p.scale2}) {
-      if (s->empty()) continue;
-      const size_t si = position(*s, "scale");
-      if (scale[si]) fail("stream matching uses " + json::quote(*s) + " as the scale of more than one weight");
+    for (const int32_t s : {p.scale, p.scale2}) {
+      if (s == ScalePairing::kNone) continue;
+      const auto si = static_cast<size_t>(s);
+      if (scale[si]) fail("stream matching uses " + q(si) + " as the scale of more than one weight");
       scale[si] = 1;
     }
-  for (const auto& p : mt.pairs) {
-    const size_t wi = position(p.weight, "weight");
-    if (dropped[wi] || scale[wi]) fail("stream matching both converts and drops " + json::quote(p.weight));
-  }
+  for (const auto& p : mt.pairs)
+    if (dropped[p.weight] || scale[p.weight]) fail("stream matching both converts and drops " + q(p.weight));
   for (const auto& r : mt.renames)
-    if (weight[position(r.from, "renamed tensor")]) fail("stream matching renames converted weight " + json::quote(r.from) + " twice");
+    if (weight[renamed(r.from)]) fail("stream matching renames converted weight " + json::quote(r.from) + " twice");
   // An FP8 weight is either converted or deliberately left as it is.
   for (const auto& p : mt.problems)
     if (const long i = p.kind == kUnconverted ? index.find(p.tensor) : -1; i >= 0) left[static_cast<size_t>(i)] = 1;
@@ -764,9 +779,8 @@ void validate(const stream::Manifest& m, const Matching& mt) {
 std::vector<Dtype> scale_decode_formats(const stream::Manifest& m, const Matching& mt) {
   std::vector<Dtype> formats;
   for (const auto& t : m.tensors) formats.push_back(t.dtype);
-  const stream::NameIndex index(m);
   for (const auto& p : mt.pairs)
-    if (const long i = p.scale.empty() ? -1 : index.find(p.scale); i >= 0) formats[static_cast<size_t>(i)] = p.scale_format;
+    if (p.has_scale() && static_cast<size_t>(p.scale) < formats.size()) formats[static_cast<size_t>(p.scale)] = p.scale_format;
   return formats;
 }
 
@@ -777,7 +791,7 @@ bool is_fatal(const MatchProblem& p, bool strict) {
 
 bool needs_attention(const Matching& mt, bool strict) {
   bool any_scale = false;
-  for (const auto& p : mt.pairs) any_scale |= !p.scale.empty();
+  for (const auto& p : mt.pairs) any_scale |= p.has_scale();
   for (const auto& p : mt.problems) {
     if (p.kind != kNoScale || strict || any_scale) return true;
   }
@@ -872,7 +886,7 @@ struct Counts {
 Counts count(const Matching& mt) {
   Counts c;
   for (const auto& p : mt.pairs) {
-    if (p.scale.empty()) {
+    if (!p.has_scale()) {
       ++c.unscaled;
       ++c.by_convention["raw cast (no scale)"];
     } else {
@@ -885,22 +899,21 @@ Counts count(const Matching& mt) {
 }
 
 // Activation scales and markers: what is dropped besides paired scales.
-std::vector<std::string> other_drops(const Matching& mt) {
-  std::unordered_set<std::string> scales;
-  for (const auto& p : mt.pairs) {
-    scales.insert(p.scale);
-    scales.insert(p.scale2);
-  }
-  std::vector<std::string> out;
-  for (const auto& d : mt.drop)
-    if (!scales.count(d)) out.push_back(d);
+std::vector<uint32_t> other_drops(const Matching& mt, size_t ntensors) {
+  std::vector<bool> scale(ntensors, false);
+  for (const auto& p : mt.pairs)
+    for (const int32_t s : {p.scale, p.scale2})
+      if (s != ScalePairing::kNone) scale[static_cast<size_t>(s)] = true;
+  std::vector<uint32_t> out;
+  for (uint32_t d : mt.drop)
+    if (!scale[d]) out.push_back(d);
   return out;
 }
 
 }  // namespace
 
 void print_report(std::ostream& out, const stream::Manifest& m, const Matching& mt, const ScaleValues& values) {
-  const stream::NameIndex index(m);
+  const TensorTable& ts = m.tensors;
   out << "Total keys: " << m.tensors.size() << '\n';
   out << "Scale keys found: " << count_scale_keys(m.tensors) << '\n';
   const Counts c = count(mt);
@@ -913,16 +926,16 @@ void print_report(std::ostream& out, const stream::Manifest& m, const Matching& 
     std::vector<std::vector<std::string>> rows{
         {"WEIGHT", "DTYPE", "SHAPE", "SCALE", "SCALE_SHAPE", "SCALE_DTYPE", "MIN", "MAX", "LAYOUT", "CONVENTION"}};
     for (const auto& p : mt.pairs) {
-      const TensorView w = index.at(p.weight);
+      const TensorView w = ts[p.weight];
       std::string dt(dtype_name(w.dtype));
       if (w.dtype != p.format) dt += " as " + std::string(dtype_name(p.format));
-      std::vector<std::string> r{p.weight, dt, shape_text(w.shape)};
-      if (p.scale.empty()) {
-        r.insert(r.end(), {"-", "-", "-", "-", "-", layout_text(p), "raw cast"});
+      std::vector<std::string> r{std::string(w.name), dt, shape_text(w.shape)};
+      if (!p.has_scale()) {
+        r.insert(r.end(), {"-", "-", "-", "-", "-", layout_text(p, ts), "raw cast"});
       } else {
-        const TensorView s = index.at(p.scale);
-        r.insert(r.end(), {p.scale, shape_text(s.shape), std::string(dtype_name(s.dtype))});
-        const std::vector<float> v = values ? values(p.scale) : std::vector<float>{};
+        const TensorView s = ts[static_cast<size_t>(p.scale)];
+        r.insert(r.end(), {std::string(s.name), shape_text(s.shape), std::string(dtype_name(s.dtype))});
+        const std::vector<float> v = values ? values(static_cast<size_t>(p.scale)) : std::vector<float>{};
         if (v.empty()) {
           r.insert(r.end(), {"?", "?"});
         } else {
@@ -930,7 +943,7 @@ void print_report(std::ostream& out, const stream::Manifest& m, const Matching& 
           r.push_back(fmt_value(*lo));
           r.push_back(fmt_value(*hi));
         }
-        r.push_back(layout_text(p));
+        r.push_back(layout_text(p, ts));
         r.push_back(p.convention);
       }
       rows.push_back(std::move(r));
@@ -958,14 +971,14 @@ void print_report(std::ostream& out, const stream::Manifest& m, const Matching& 
   section(kNameCollision, "Output name collisions (st-dequant refuses these)");
   section(kBadMarker, "Invalid quantization markers (st-dequant refuses these)");
   section(kIndexMismatch, "Index and shards disagree (st-list refuses this model)");
-  const auto others = other_drops(mt);
+  const auto others = other_drops(mt, ts.size());
   if (!others.empty()) {
     out << '\n' << "Activation scales and markers dropped after conversion: " << others.size() << '\n';
-    for (const auto& a : others) out << "  " << a << '\n';
+    for (uint32_t a : others) out << "  " << ts.name(a) << '\n';
   }
   std::vector<stream::Rename> renames;
   for (const auto& p : mt.pairs)
-    if (!p.output.empty()) renames.push_back({p.weight, p.output});
+    if (p.output != ScalePairing::kNone) renames.push_back({std::string(ts.name(p.weight)), std::string(mt.output_name(p, ts))});
   renames.insert(renames.end(), mt.renames.begin(), mt.renames.end());
   if (!renames.empty()) {
     out << '\n' << "Renamed in the output: " << renames.size() << '\n';
@@ -981,14 +994,14 @@ void print_json(std::ostream& out, const std::string& file, const stream::Manife
                 const ScaleValues& values, bool attention) {
   rapidjson::StringBuffer sb;
   rapidjson::Writer<rapidjson::StringBuffer> w(sb);
-  auto str = [&](const std::string& s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); };
+  auto str = [&](std::string_view s) { w.String(s.data(), static_cast<rapidjson::SizeType>(s.size())); };
   auto shape = [&](const std::vector<uint64_t>& s) {
     w.StartArray();
     for (uint64_t d : s) w.Uint64(d);
     w.EndArray();
   };
   const Counts c = count(mt);
-  const stream::NameIndex index(m);
+  const TensorTable& ts = m.tensors;
   w.StartObject();
   w.Key("file");
   str(file);
@@ -1008,10 +1021,10 @@ void print_json(std::ostream& out, const std::string& file, const stream::Manife
   w.Key("weights");
   w.StartArray();
   for (const auto& p : mt.pairs) {
-    const TensorView wt = index.at(p.weight);
+    const TensorView wt = ts[p.weight];
     w.StartObject();
     w.Key("name");
-    str(p.weight);
+    str(wt.name);
     w.Key("dtype");
     str(std::string(dtype_name(wt.dtype)));
     w.Key("format");
@@ -1019,20 +1032,20 @@ void print_json(std::ostream& out, const std::string& file, const stream::Manife
     w.Key("shape");
     shape(wt.shape);
     w.Key("output");
-    str(p.output.empty() ? p.weight : p.output);
+    str(mt.output_name(p, ts));
     w.Key("scale");
-    if (p.scale.empty()) {
+    if (!p.has_scale()) {
       w.Null();
     } else {
-      const TensorView s = index.at(p.scale);
+      const TensorView s = ts[static_cast<size_t>(p.scale)];
       w.StartObject();
       w.Key("name");
-      str(p.scale);
+      str(s.name);
       w.Key("dtype");
       str(std::string(dtype_name(s.dtype)));
       w.Key("shape");
       shape(s.shape);
-      const std::vector<float> v = values ? values(p.scale) : std::vector<float>{};
+      const std::vector<float> v = values ? values(static_cast<size_t>(p.scale)) : std::vector<float>{};
       // JSON has no NaN or infinity: such a bound is null, and non_finite counts them.
       size_t non_finite = 0;
       float lo = INFINITY, hi = -INFINITY;
@@ -1049,14 +1062,14 @@ void print_json(std::ostream& out, const std::string& file, const stream::Manife
       w.Key("non_finite");
       w.Uint64(non_finite);
       w.Key("second");
-      if (p.scale2.empty()) w.Null();
-      else str(p.scale2);
+      if (p.scale2 == ScalePairing::kNone) w.Null();
+      else str(ts.name(static_cast<size_t>(p.scale2)));
       w.EndObject();
     }
     w.Key("layout");
-    str(p.scale.empty() ? "none" : std::string(stream::layout_name(p.layout)));
+    str(!p.has_scale() ? "none" : stream::layout_name(p.layout));
     w.Key("block");
-    if (p.layout == ScaleLayout::Block && !p.scale.empty()) {
+    if (p.layout == ScaleLayout::Block && p.has_scale()) {
       w.StartArray();
       w.Uint64(p.block_rows);
       w.Uint64(p.block_cols);
@@ -1065,8 +1078,8 @@ void print_json(std::ostream& out, const std::string& file, const stream::Manife
       w.Null();
     }
     w.Key("convention");
-    if (p.scale.empty()) w.Null();
-    else str(p.convention);
+    if (!p.has_scale()) w.Null();
+    else str(p.convention.str());
     w.EndObject();
   }
   w.EndArray();
@@ -1087,7 +1100,7 @@ void print_json(std::ostream& out, const std::string& file, const stream::Manife
   w.EndArray();
   w.Key("dropped");
   w.StartArray();
-  for (const auto& d : mt.drop) str(d);
+  for (uint32_t d : mt.drop) str(ts.name(d));
   w.EndArray();
   w.Key("renamed");
   w.StartArray();

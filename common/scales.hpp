@@ -145,15 +145,15 @@ class OutputNames {
   std::unordered_map<uint32_t, std::string_view> renamed_;  // input position -> output name
 };
 
-// Human report and JSON report. `scale_values(name)` returns a scale's
+// Human report and JSON report. `scale_values(position)` returns a scale's
 // decoded values (or an empty vector when unknown) for the min/max columns.
-using ScaleValues = std::function<std::vector<float>(const std::string& name)>;
+using ScaleValues = std::function<std::vector<float>(size_t scale)>;  // the scale's manifest position
 void print_report(std::ostream& out, const stream::Manifest& m, const stream::Matching& mt,
                   const ScaleValues& scale_values);
 void print_json(std::ostream& out, const std::string& file, const stream::Manifest& m, const stream::Matching& mt,
                 const ScaleValues& scale_values, bool attention);
 
 using st::shape_text;
-std::string layout_text(const stream::ScalePairing& p);
+std::string layout_text(const stream::ScalePairing& p, const stream::TensorTable& t);
 
 }  // namespace st::scales

@@ -14,16 +14,13 @@ namespace {
 // Scale values for the report: decoded as the pairing says (one lookup per scale).
 class ScaleDecoder {
  public:
-  ScaleDecoder(const stream::Manifest& m, const stream::Matching& mt)
-      : index_(m), formats_(scale_decode_formats(m, mt)) {}
-  std::vector<float> operator()(const std::string& name, const std::vector<uint8_t>& bytes) const {
-    const Dtype d = formats_.at(static_cast<size_t>(find(name)));
+  ScaleDecoder(const stream::Manifest& m, const stream::Matching& mt) : formats_(scale_decode_formats(m, mt)) {}
+  std::vector<float> operator()(size_t scale, const std::vector<uint8_t>& bytes) const {
+    const Dtype d = formats_.at(scale);
     return fp8::is_scale_dtype(d) ? fp8::decode_scales(d, bytes) : std::vector<float>{};
   }
-  long find(const std::string& name) const { return index_.find(name); }
 
  private:
-  stream::NameIndex index_;
   std::vector<Dtype> formats_;
 };
 
@@ -60,7 +57,7 @@ bool report_file(const std::string& path, const Options& opt, ReportFormat forma
   for (const auto& msg : bad_names) mt.problems.push_back({kIndexMismatch, "", msg});
   mt.problems.insert(mt.problems.end(), src.index_problems().begin(), src.index_problems().end());
   const ScaleDecoder decode(m, mt);
-  const ScaleValues values = [&](const std::string& name) { return decode(name, src.read_tensor(name)); };
+  const ScaleValues values = [&](size_t scale) { return decode(scale, src.read_tensor(std::string(m.tensors.name(scale)))); };
   const bool attention = needs_attention(mt, opt.strict);
   if (format == ReportFormat::Json) print_json(out, path, m, mt, values, attention);
   else print_report(out, m, mt, values);
@@ -86,7 +83,7 @@ void match_stage(stream::Reader& in, stream::Writer& out, const Options& opt, st
   const ScaleDecoder decode(m, mt);
   if (report)
     for (const auto& p : mt.pairs)
-      if (!p.scale.empty()) scale_bytes[static_cast<size_t>(decode.find(p.scale))];
+      if (p.has_scale()) scale_bytes[static_cast<size_t>(p.scale)];
   for (;;) {
     const stream::Event ev = in.next();
     if (ev.kind == stream::Event::Kind::End) break;
@@ -100,9 +97,7 @@ void match_stage(stream::Reader& in, stream::Writer& out, const Options& opt, st
   }
   out.finish();
   if (report)
-    print_report(*report, m, mt, [&](const std::string& name) {
-      return decode(name, scale_bytes.at(static_cast<size_t>(decode.find(name))));
-    });
+    print_report(*report, m, mt, [&](size_t scale) { return decode(scale, scale_bytes.at(scale)); });
 }
 
 }  // namespace st::scales

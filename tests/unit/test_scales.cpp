@@ -47,8 +47,11 @@ std::optional<st::stream::ScalePairing> infer(const Shape& w, const Shape& s, sc
   return r;
 }
 
-bool contains(const std::vector<std::string>& v, const std::string& x) {
-  return std::find(v.begin(), v.end(), x) != v.end();
+// Matchings name tensors by their position in the input: the names, for checks.
+std::string name_at(const std::vector<TensorInfo>& t, int64_t i) { return i < 0 ? "" : t.at(static_cast<size_t>(i)).name; }
+
+bool drops(const st::stream::Matching& m, const std::vector<TensorInfo>& t, const std::string& x) {
+  return std::any_of(m.drop.begin(), m.drop.end(), [&](uint32_t d) { return name_at(t, d) == x; });
 }
 
 bool has_problem(const st::stream::Matching& m, const char* kind, const std::string& about) {
@@ -57,9 +60,10 @@ bool has_problem(const st::stream::Matching& m, const char* kind, const std::str
   return false;
 }
 
-const st::stream::ScalePairing* pair_of(const st::stream::Matching& m, const std::string& w) {
+const st::stream::ScalePairing* pair_of(const st::stream::Matching& m, const std::vector<TensorInfo>& t,
+                                        const std::string& w) {
   for (const auto& p : m.pairs)
-    if (p.weight == w) return &p;
+    if (name_at(t, p.weight) == w) return &p;
   return nullptr;
 }
 
@@ -234,49 +238,49 @@ TEST_CASE("match: pairs, drops and problems", "[scales][match]") {
 
   SECTION("one pair per FP8 weight, in manifest order") {
     std::vector<std::string> w;
-    for (const auto& p : m.pairs) w.push_back(p.weight);
+    for (const auto& p : m.pairs) w.push_back(name_at(t, p.weight));
     CHECK(w == std::vector<std::string>{"l1.weight", "l2.weight", "l6.weight", "l8.weight", "bias"});
   }
   SECTION("W_scale, W_scale_inv, per-row, none") {
-    auto p1 = pair_of(m, "l1.weight");
+    auto p1 = pair_of(m, t, "l1.weight");
     REQUIRE(p1);
-    CHECK(p1->scale == "l1.weight_scale");
+    CHECK(name_at(t, p1->scale) == "l1.weight_scale");
     CHECK(p1->layout == ScaleLayout::PerTensor);
-    auto p2 = pair_of(m, "l2.weight");
+    auto p2 = pair_of(m, t, "l2.weight");
     REQUIRE(p2);
-    CHECK(p2->scale == "l2.weight_scale_inv");
+    CHECK(name_at(t, p2->scale) == "l2.weight_scale_inv");
     CHECK(p2->layout == ScaleLayout::Block);
     CHECK(p2->block_rows == 128);
     CHECK(p2->block_cols == 128);
-    auto p6 = pair_of(m, "l6.weight");
+    auto p6 = pair_of(m, t, "l6.weight");
     REQUIRE(p6);
-    CHECK(p6->scale.empty());
-    auto p8 = pair_of(m, "l8.weight");
+    CHECK(!p6->has_scale());
+    auto p8 = pair_of(m, t, "l8.weight");
     REQUIRE(p8);
-    CHECK(p8->scale == "l8.weight_scale");
+    CHECK(name_at(t, p8->scale) == "l8.weight_scale");
     CHECK(p8->layout == ScaleLayout::PerRow);
     CHECK(m.block_rows == 128);
     CHECK(m.block_cols == 128);
   }
   SECTION("non-FP8 tensors are never weights") {
-    CHECK(!pair_of(m, "l4.weight"));
-    CHECK(!pair_of(m, "l10.weight"));
-    CHECK(!pair_of(m, "l11.weight"));
+    CHECK(!pair_of(m, t, "l4.weight"));
+    CHECK(!pair_of(m, t, "l10.weight"));
+    CHECK(!pair_of(m, t, "l11.weight"));
     CHECK(has_problem(m, sc::kNonFp8Weight, "l4."));
     CHECK(has_problem(m, sc::kNonFp8Weight, "l10."));
     CHECK(has_problem(m, sc::kNonFp8Weight, "l11."));
   }
   SECTION("drop: paired scales, and activation scales unless their layer passes through") {
-    CHECK(contains(m.drop, "l1.weight_scale"));
-    CHECK(contains(m.drop, "l1.input_scale"));
-    CHECK(contains(m.drop, "l2.weight_scale_inv"));
-    CHECK(contains(m.drop, "l8.weight_scale"));
-    CHECK(contains(m.drop, "l9.input_scale"));  // no weight of its own, as self_attn.k_scale
+    CHECK(drops(m, t, "l1.weight_scale"));
+    CHECK(drops(m, t, "l1.input_scale"));
+    CHECK(drops(m, t, "l2.weight_scale_inv"));
+    CHECK(drops(m, t, "l8.weight_scale"));
+    CHECK(drops(m, t, "l9.input_scale"));  // no weight of its own, as self_attn.k_scale
     for (const char* kept : {"l4.weight", "l4.weight_scale", "l4.input_scale", "l5.weight_scale",
                              "l10.weight", "l10.weight_scale", "l11.weight_scale_inv",
                              "l1.weight", "l6.weight", "bias"}) {
       INFO(kept);
-      CHECK(!contains(m.drop, kept));
+      CHECK(!drops(m, t, kept));
     }
   }
   SECTION("problems: no scale, orphan scale; none fatal") {
@@ -296,7 +300,7 @@ TEST_CASE("match: pairs, drops and problems", "[scales][match]") {
     CHECK_NOTHROW(sc::validate(man, m));
     auto bad_layout = m;
     for (auto& p : bad_layout.pairs)
-      if (p.weight == "l8.weight") {
+      if (name_at(t, p.weight) == "l8.weight") {
         p.layout = ScaleLayout::Block;
         p.block_rows = p.block_cols = 128;
       }
@@ -305,11 +309,11 @@ TEST_CASE("match: pairs, drops and problems", "[scales][match]") {
     missing.pairs.erase(missing.pairs.begin() + 1);
     CHECK_THROWS_AS(sc::validate(man, missing), st::Error);
     auto unknown = m;
-    unknown.pairs[0].scale = "nope";
+    unknown.pairs[0].scale = static_cast<int32_t>(t.size());  // no such tensor
     CHECK_THROWS_AS(sc::validate(man, unknown), st::Error);
     auto per_tensor_lie = m;
     for (auto& p : per_tensor_lie.pairs)
-      if (p.weight == "l2.weight") p.layout = ScaleLayout::PerTensor;
+      if (name_at(t, p.weight) == "l2.weight") p.layout = ScaleLayout::PerTensor;
     CHECK_THROWS_AS(sc::validate(man, per_tensor_lie), st::Error);
   }
   SECTION("count_scale_keys and is_weight_scale_name") {
@@ -332,11 +336,11 @@ TEST_CASE("match: ComfyUI legacy scale_weight pairs with its weight", "[scales][
   for (const auto& q : m.problems) problems += q.kind + "(" + q.tensor + ") ";
   INFO("problems: " << problems);
   CHECK(sc::is_weight_scale_name("m.scale_weight"));
-  auto p = pair_of(m, "m.weight");
+  auto p = pair_of(m, t, "m.weight");
   REQUIRE(p);
-  CHECK(p->scale == "m.scale_weight");
+  CHECK(name_at(t, p->scale) == "m.scale_weight");
   CHECK(p->layout == ScaleLayout::PerTensor);
-  CHECK(contains(m.drop, "m.scale_weight"));
+  CHECK(drops(m, t, "m.scale_weight"));
 }
 
 TEST_CASE("match: a weight with both W_scale and W_scale_inv takes W_scale_inv (fp8-conventions 13.2)", "[scales][match]") {
@@ -346,12 +350,12 @@ TEST_CASE("match: a weight with both W_scale and W_scale_inv takes W_scale_inv (
       ti("l3.weight_scale_inv", Dtype::F32, {}),
   };
   const auto m = sc::match(t, {});
-  auto p = pair_of(m, "l3.weight");
+  auto p = pair_of(m, t, "l3.weight");
   REQUIRE(p);
-  CHECK(p->scale == "l3.weight_scale_inv");  // the reference's order: _scale_inv before _scale
+  CHECK(name_at(t, p->scale) == "l3.weight_scale_inv");  // the reference's order: _scale_inv before _scale
   CHECK(has_problem(m, sc::kAmbiguous, "l3."));
   CHECK(has_problem(m, sc::kOrphanScale, "l3.weight_scale"));  // the other passes through, reported
-  CHECK(!contains(m.drop, "l3.weight_scale"));
+  CHECK(!drops(m, t, "l3.weight_scale"));
   for (const auto& q : m.problems) {
     INFO(q.kind << " " << q.tensor);
     CHECK(!sc::is_fatal(q));
@@ -368,7 +372,7 @@ TEST_CASE("match: a scale that fits no layout is unusable and fatal", "[scales][
   REQUIRE(has_problem(m, sc::kUnusableScale, "l7."));
   for (const auto& p : m.problems)
     if (p.kind == std::string(sc::kUnusableScale)) CHECK(sc::is_fatal(p));
-  CHECK(!contains(m.drop, "l7.weight_scale"));
+  CHECK(!drops(m, t, "l7.weight_scale"));
 }
 
 TEST_CASE("match: --block override", "[scales][match]") {
@@ -379,7 +383,7 @@ TEST_CASE("match: --block override", "[scales][match]") {
   sc::Options o;
   o.block = sc::BlockSize{128, 100};
   auto m = sc::match(t, o);
-  auto p = pair_of(m, "l2.weight");
+  auto p = pair_of(m, t, "l2.weight");
   REQUIRE(p);
   CHECK(p->layout == ScaleLayout::Block);
   CHECK(p->block_rows == 128);
@@ -400,7 +404,7 @@ TEST_CASE("match: a raw-cast file (FP8, no scales at all) needs no attention", "
   const auto m = sc::match(t, {});
   CHECK(m.pairs.size() == 2);
   CHECK(m.drop.empty());
-  for (const auto& p : m.pairs) CHECK(p.scale.empty());
+  for (const auto& p : m.pairs) CHECK(!p.has_scale());
   CHECK(!sc::needs_attention(m));
 }
 

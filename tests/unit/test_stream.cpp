@@ -3,6 +3,8 @@
 // an independent parser, hand-built streams written from the spec alone,
 // detection of every single-byte flip and every truncation, and ABORT.
 #include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 #include <xxhash.h>
 
 #include <cstring>
@@ -569,7 +571,8 @@ TEST_CASE("matching survives the manifest round trip", "[stream]") {
                ti("b.weight", Dtype::F8_E4M3, {200, 130}, 26000),
                ti("b.weight_scale_inv", Dtype::F32, {2, 2}, 16), ti("c.weight", Dtype::F8_E5M2, {2}, 2)};
   stream::Matching mt;
-  auto pair = [](const char* w, const char* s, stream::ScaleLayout l, uint64_t br, uint64_t bc, Dtype f) {
+  // Tensors by position in m.tensors: 0 w, 1 w_scale, 2 b.weight, 3 b.weight_scale_inv, 4 c.weight.
+  auto pair = [](uint32_t w, int32_t s, stream::ScaleLayout l, uint64_t br, uint64_t bc, Dtype f) {
     stream::ScalePairing p;
     p.weight = w;
     p.scale = s;
@@ -577,13 +580,15 @@ TEST_CASE("matching survives the manifest round trip", "[stream]") {
     p.block_rows = br;
     p.block_cols = bc;
     p.format = f;
-    if (*s) p.convention = "weight_scale";
+    if (s >= 0) p.convention = "weight_scale";
     return p;
   };
-  mt.pairs = {pair("w", "w_scale", stream::ScaleLayout::PerRow, 0, 0, Dtype::F8_E4M3),
-              pair("b.weight", "b.weight_scale_inv", stream::ScaleLayout::Block, 128, 128, Dtype::F8_E4M3),
-              pair("c.weight", "", stream::ScaleLayout::PerTensor, 0, 0, Dtype::F8_E5M2)};
-  mt.drop = {"w_scale", "b.weight_scale_inv"};
+  mt.pairs = {pair(0, 1, stream::ScaleLayout::PerRow, 0, 0, Dtype::F8_E4M3),
+              pair(2, 3, stream::ScaleLayout::Block, 128, 128, Dtype::F8_E4M3),
+              pair(4, stream::ScalePairing::kNone, stream::ScaleLayout::PerTensor, 0, 0, Dtype::F8_E5M2)};
+  mt.outputs = {"b.renamed"};
+  mt.pairs[1].output = 0;
+  mt.drop = {1, 3};
   mt.problems = {{"no-scale", "c.weight", "no scale found; cast with scale 1 \xC3\xA9"}};
   mt.block_rows = 128;
   mt.block_cols = 128;
@@ -598,8 +603,11 @@ TEST_CASE("matching survives the manifest round trip", "[stream]") {
       CHECK(x.pairs[i].weight == mt.pairs[i].weight);
       CHECK(x.pairs[i].scale == mt.pairs[i].scale);
       CHECK(x.pairs[i].format == mt.pairs[i].format);
-      if (!mt.pairs[i].scale.empty()) CHECK(x.pairs[i].layout == mt.pairs[i].layout);
+      CHECK(x.pairs[i].scale2 == stream::ScalePairing::kNone);
+      if (mt.pairs[i].has_scale()) CHECK(x.pairs[i].layout == mt.pairs[i].layout);
+      CHECK(x.output_name(x.pairs[i], g.tensors) == (i == 1 ? "b.renamed" : g.tensors[x.pairs[i].weight].name));
     }
+    CHECK(g.tensors.name(x.pairs[1].scale) == "b.weight_scale_inv");
     CHECK(x.pairs[1].block_rows == 128);
     CHECK(x.pairs[1].block_cols == 128);
     CHECK(x.drop == mt.drop);
@@ -614,6 +622,47 @@ TEST_CASE("matching survives the manifest round trip", "[stream]") {
     auto g = stream::decode_manifest(stream::encode_manifest(m));
     check_manifest_equal(g, m);
     check(g);
+  }
+  // The pairs are read as they arrive when the tensors came first (as
+  // stages write them), or from the whole document when the matching came
+  // first (JSON objects are unordered): the same result, the same errors.
+  rapidjson::Document doc;
+  doc.Parse(stream::encode_manifest(m).c_str());
+  REQUIRE(doc.IsObject());
+  auto reordered = [&](bool matching_first) {
+    rapidjson::StringBuffer sb;
+    rapidjson::Writer<rapidjson::StringBuffer> w(sb);
+    w.StartObject();
+    auto put_member = [&](const rapidjson::Value& name, const rapidjson::Value& value) {
+      name.Accept(w);
+      value.Accept(w);
+    };
+    for (int pass = 0; pass < 2; ++pass)
+      for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it)
+        if ((std::string(it->name.GetString()) == "matching") == (pass == (matching_first ? 0 : 1))) put_member(it->name, it->value);
+    w.EndObject();
+    return std::string(sb.GetString(), sb.GetSize());
+  };
+  for (bool first : {false, true}) {
+    const std::string text = reordered(first);
+    INFO("matching first: " << first);
+    REQUIRE((text.find("\"matching\"") < text.find("\"tensors\"")) == first);
+    SECTION(first ? "matching before tensors" : "matching after tensors") {
+      check(stream::decode_manifest(text));
+      for (const std::string from : {"\"drop\":[\"w_scale", "\"scale\":\"w_scale", "\"weight\":\"c.weight"}) {
+        std::string bad = text;
+        const size_t at = bad.find(from);
+        REQUIRE(at != std::string::npos);
+        bad.insert(at + from.size(), "_nope");  // a name the manifest lacks
+        INFO(bad);
+        try {
+          stream::decode_manifest(bad);
+          FAIL("decoded a matching that names a tensor the manifest lacks");
+        } catch (const st::Error& e) {
+          CHECK(std::string(e.what()).find("_nope', which is not in the manifest") != std::string::npos);
+        }
+      }
+    }
   }
   SECTION("through Writer and Reader") {
     st::io::MemorySink sink;
