@@ -93,6 +93,45 @@ void check_problems(const stream::Matching& mt, const Options& opt) {
 
 namespace {
 
+// The decoded scales, by slot. Scales come first in the stream, so every
+// scale of a model is held at once: a scale of one value (the usual case)
+// takes 4 bytes here, not a vector and a heap block of its own.
+class HeldScales {
+ public:
+  explicit HeldScales(size_t slots) : one_(slots), is_one_(slots, false) {}
+  void set(size_t slot, std::vector<float>&& v) {
+    if (v.size() == 1) {
+      one_[slot] = v[0];
+      is_one_[slot] = true;
+    } else {
+      many_[slot] = std::move(v);
+    }
+  }
+  // The values, for convert_chunk (valid until the next call); none when
+  // the scale never arrived.
+  const std::vector<float>& values(size_t slot) {
+    if (is_one_[slot]) {
+      one_buf_.assign(1, one_[slot]);
+      return one_buf_;
+    }
+    const auto it = many_.find(slot);
+    return it == many_.end() ? none_ : it->second;
+  }
+  float first(size_t slot) const { return is_one_[slot] ? one_[slot] : many_.at(slot).at(0); }
+  void multiply(size_t slot, float f) {
+    if (is_one_[slot]) one_[slot] *= f;
+    else if (auto it = many_.find(slot); it != many_.end())
+      for (float& v : it->second) v *= f;
+  }
+
+ private:
+  std::vector<float> one_;
+  std::vector<bool> is_one_;
+  std::unordered_map<size_t, std::vector<float>> many_;
+  std::vector<float> one_buf_;
+  const std::vector<float> none_;
+};
+
 // The output manifest without its tensors: producer, edited metadata, and
 // what st-pack needs of the model folder.
 stream::Manifest output_fields(const stream::Manifest& m, const stream::Matching& mt, fp8::Target target) {
@@ -155,42 +194,60 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   check_problems(mt, opt);
   if (recorded) scales::validate(m, mt);
 
-  // Per input tensor, 5 bytes and a bit: a million tensors count.
+  // Per input tensor, a byte and a bit: a million tensors count. A
+  // weight's pair and a scale's slot are found by binary search instead.
   const size_t n = m.tensors.size();
   std::vector<Action> action(n, Action::Pass);
-  // Convert: the index of its pair in mt.pairs; HoldScale: its slot in
-  // held and decoded. (A tensor is never both: validate() and the matcher
-  // make sure of it.)
-  std::vector<int32_t> arg(n, -1);
-  // Per pair: input index of its scale and of its second scale, or -1.
-  std::vector<int32_t> scale_of(mt.pairs.size(), -1), scale2_of(mt.pairs.size(), -1);
-  size_t nslots = 0;
   {
     auto name = [&](size_t i) { return json::quote(m.tensors.name(i)); };
     for (uint32_t d : mt.drop) action[d] = Action::Drop;
-    for (size_t k = 0; k < mt.pairs.size(); ++k) {
-      const auto& p = mt.pairs[k];
+    for (const auto& p : mt.pairs) {
       const size_t w = p.weight;
+      // (validate() and the matcher make sure that no tensor is both)
       if (action[w] == Action::HoldScale) fail("internal: " + name(w) + " is both a weight and a scale");
       action[w] = Action::Convert;
-      arg[w] = static_cast<int32_t>(k);
-      for (const int32_t* sp : {&p.scale, &p.scale2}) {
-        if (*sp == ScalePairing::kNone) continue;
-        const auto s = static_cast<size_t>(*sp);
+      for (const int32_t sp : {p.scale, p.scale2}) {
+        if (sp == ScalePairing::kNone) continue;
+        const auto s = static_cast<size_t>(sp);
         if (action[s] == Action::Convert) fail("internal: " + name(s) + " is both a weight and a scale");
-        if (action[s] != Action::HoldScale) {
-          action[s] = Action::HoldScale;
-          arg[s] = static_cast<int32_t>(nslots++);
-        }
-        (sp == &p.scale ? scale_of : scale2_of)[k] = static_cast<int32_t>(s);
+        action[s] = Action::HoldScale;
         if (s > w)
           fail("stream order: scale " + name(s) + " comes after its weight " + name(w) +
                "; stages need scales first (st-list orders them so)");
       }
     }
   }
-
-  const std::vector<Dtype> scale_format = scales::scale_decode_formats(m, mt);
+  // Pairs by weight position: as the matcher makes them, or put so here.
+  std::vector<uint32_t> by_weight;  // empty when mt.pairs is in that order
+  auto weight_at = [&](size_t k) { return mt.pairs[by_weight.empty() ? k : by_weight[k]].weight; };
+  for (size_t k = 1; k < mt.pairs.size() && by_weight.empty(); ++k)
+    if (mt.pairs[k].weight < mt.pairs[k - 1].weight) {
+      by_weight.resize(mt.pairs.size());
+      for (uint32_t j = 0; j < by_weight.size(); ++j) by_weight[j] = j;
+      std::stable_sort(by_weight.begin(), by_weight.end(), [&](uint32_t a, uint32_t b) { return mt.pairs[a].weight < mt.pairs[b].weight; });
+    }
+  auto pair_of = [&](size_t w) -> const ScalePairing& {  // w converts: it has one
+    size_t lo = 0, hi = mt.pairs.size();
+    while (hi - lo > 1) {
+      const size_t mid = lo + (hi - lo) / 2;
+      (weight_at(mid) <= w ? lo : hi) = mid;
+    }
+    return mt.pairs[by_weight.empty() ? lo : by_weight[lo]];
+  };
+  // The scales held, by position: a scale's slot is its index here.
+  std::vector<uint32_t> held_at;
+  for (uint32_t i = 0; i < n; ++i)
+    if (action[i] == Action::HoldScale) held_at.push_back(i);
+  const size_t nslots = held_at.size();
+  auto slot_of = [&](size_t scale) {
+    return static_cast<size_t>(std::lower_bound(held_at.begin(), held_at.end(), scale) - held_at.begin());
+  };
+  // How each held scale's bytes decode: its dtype, or the pairing's
+  // scale_format (U8 exponents are F8_E8M0), as scales::scale_decode_formats.
+  std::vector<Dtype> slot_format(nslots);
+  for (size_t j = 0; j < nslots; ++j) slot_format[j] = m.tensors.dtype(held_at[j]);
+  for (const auto& p : mt.pairs)
+    if (p.has_scale()) slot_format[slot_of(static_cast<size_t>(p.scale))] = p.scale_format;
   Summary sum;
   // Which input tensors are written: the output is the input in order,
   // less the dropped ones, so an output index is a count as they arrive.
@@ -204,7 +261,7 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
     if (k > 0 && i <= names.input(k - 1)) fail("internal: output tensors out of input order");
     written[i] = true;
     if (action[i] != Action::Convert) ++sum.passed;
-    else if (scale_of[static_cast<size_t>(arg[i])] < 0) sum.unscaled.emplace_back(m.tensors.name(i));
+    else if (!pair_of(i).has_scale()) sum.unscaled.emplace_back(m.tensors.name(i));
     else ++sum.converted;
   }
   sum.dropped = n - names.size();
@@ -223,10 +280,9 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   };
   out.begin(fields, &changes);
 
-  std::vector<std::vector<uint8_t>> held(nslots);   // raw bytes of scales being received
-  fp8::Loss tensor_loss;                             // of the weight being converted
-  std::vector<std::vector<float>> decoded(nslots);  // their values once complete
-  auto decoded_of = [&](int32_t scale) -> std::vector<float>& { return decoded[static_cast<size_t>(arg[static_cast<size_t>(scale)])]; };
+  std::vector<uint8_t> receiving;  // the bytes of the scale arriving (tensors arrive one after another)
+  HeldScales held(nslots);
+  fp8::Loss tensor_loss;  // of the weight being converted
   uint32_t out_index = 0;  // of the tensor arriving, when it is written
   std::vector<uint8_t> buf;
   const size_t ob = fp8::target_bytes(opt.target);
@@ -235,23 +291,19 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
     if (ev.kind == Event::Kind::Data) {
       switch (action[i]) {
         case Action::Pass: out.data(out_index, ev.data, ev.hash); break;
-        case Action::HoldScale: {
-          auto& h = held[static_cast<size_t>(arg[i])];
-          h.insert(h.end(), ev.data.begin(), ev.data.end());
-          break;
-        }
+        case Action::HoldScale: receiving.insert(receiving.end(), ev.data.begin(), ev.data.end()); break;
         case Action::Drop: break;
         case Action::Convert: {
           static const std::vector<float> kNoScale;
-          const int32_t s = scale_of[static_cast<size_t>(arg[i])];
-          const auto& scale = s >= 0 ? decoded_of(s) : kNoScale;
+          const ScalePairing& pair = pair_of(i);
+          const auto& scale = pair.has_scale() ? held.values(slot_of(static_cast<size_t>(pair.scale))) : kNoScale;
           // In pieces whose output stays in the CPU cache while it is
           // converted, hashed and written to the pipe (one DATA frame each),
           // instead of one 8-16 MiB buffer that goes through memory 3 times.
           for (size_t done = 0; done < ev.data.size(); done += kConvertPiece) {
             const size_t len = std::min(kConvertPiece, ev.data.size() - done);
             buf.resize(len * ob);
-            convert_chunk(m.tensors[i], mt.pairs[static_cast<size_t>(arg[i])], scale, opt.target,
+            convert_chunk(m.tensors[i], pair, scale, opt.target,
                           ev.offset + done, ev.data.data() + done, len, buf.data(), tensor_loss);
             if (opt.match.strict && tensor_loss.overflow)
               fail("tensor " + json::quote(m.tensors[i].name) + ": values overflow to infinity in " +
@@ -264,9 +316,9 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
       return;
     }
     if (action[i] == Action::HoldScale) {
-      auto& h = held[static_cast<size_t>(arg[i])];
-      decoded[static_cast<size_t>(arg[i])] = fp8::decode_scales(scale_format[i], h);  // U8 exponents decode as E8M0
-      std::vector<uint8_t>().swap(h);
+      const size_t slot = slot_of(i);
+      held.set(slot, fp8::decode_scales(slot_format[slot], receiving));
+      receiving.clear();
       return;
     }
     if (action[i] == Action::Convert && tensor_loss.any()) {
@@ -281,11 +333,11 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   // (musubi: the scale is scale_weight * scale_weight_tensor, in f32).
   std::vector<bool> folded(mt.pairs.size(), false);
   auto fold = [&](size_t w) {
-    const auto k = static_cast<size_t>(arg[w]);
-    if (folded[k] || scale2_of[k] < 0 || scale_of[k] < 0) return;
+    const ScalePairing& p = pair_of(w);
+    const auto k = static_cast<size_t>(&p - mt.pairs.data());
+    if (folded[k] || p.scale2 == ScalePairing::kNone || !p.has_scale()) return;
     folded[k] = true;
-    const float s2 = decoded_of(scale2_of[k]).at(0);
-    for (float& v : decoded_of(scale_of[k])) v *= s2;
+    held.multiply(slot_of(static_cast<size_t>(p.scale)), held.first(slot_of(static_cast<size_t>(p.scale2))));
   };
 
   for (size_t i = 0; i < nmarkers; ++i) {  // markers were read before planning

@@ -57,8 +57,9 @@ class Shape {
   const_iterator begin() const { return dims_->begin(); }
   const_iterator end() const { return dims_->end(); }
 
-  // Interned: equal shapes are the same object.
+  // Interned: equal shapes are the same object, which id() names.
   friend bool operator==(const Shape& a, const Shape& b) { return a.dims_ == b.dims_; }
+  const void* id() const { return dims_; }
   friend bool operator==(const Shape& a, const std::vector<uint64_t>& b) { return *a.dims_ == b; }
 
   // Frees every interned shape. Only where no Shape but [] is alive: a fuzz

@@ -235,8 +235,10 @@ ScalePairing pair_from(const Value& p, const PositionOf& position, Matching& mt)
     if (sp.layout == ScaleLayout::Block) {
       const Value& b = member(p, "block", "a block pair");
       if (!b.IsArray() || b.Size() != 2) bad("pair block is not [rows, cols]");
-      sp.block_rows = get_u64(b[0], "pair block");
-      sp.block_cols = get_u64(b[1], "pair block");
+      const uint64_t r = get_u64(b[0], "pair block"), c = get_u64(b[1], "pair block");
+      if (r > UINT32_MAX || c > UINT32_MAX) bad("pair block is larger than 2^32-1");
+      sp.block_rows = static_cast<uint32_t>(r);
+      sp.block_cols = static_cast<uint32_t>(c);
     } else if (sp.layout == ScaleLayout::MxSwizzled) {
       sp.block_rows = 1;  // groups of 32 along a row, by definition
       sp.block_cols = 32;
@@ -439,6 +441,19 @@ class ManifestHandler {
     try {
       if (const auto k = repeated_key(elem)) bad("an object has the key " + json::quote(*k) + " twice");
       if (!position_) position_ = std::make_unique<PositionOf>(out_);
+      // Room for the most there can be (pages never written cost nothing):
+      // no doubling of a vector of a million entries.
+      if (collecting_ == Collect::Drop && collected_.drop.capacity() == 0) collected_.drop.reserve(out_.size());
+      if (collecting_ == Collect::Pairs && collected_.pairs.capacity() == 0) {
+        // Room for a pair per tensor that may be a weight (FP8, or U8/I8
+        // holding FP8): no doubling of a vector of a million pairs.
+        size_t weights = 0;
+        for (size_t i = 0; i < out_.size(); ++i) {
+          const Dtype d = out_.dtype(i);
+          weights += is_fp8_weight_dtype(d) || d == Dtype::U8 || d == Dtype::I8;
+        }
+        collected_.pairs.reserve(weights);
+      }
       if (collecting_ == Collect::Pairs) collected_.pairs.push_back(pair_from(elem, *position_, collected_));
       else collected_.drop.push_back((*position_)(elem, "drop entry"));
     } catch (const Error&) {

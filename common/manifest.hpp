@@ -36,8 +36,8 @@ struct ScalePairing {
                                          // FP8 type of a U8/I8 container)
   Dtype scale_format = Dtype::F32;      // how the scale's bytes decode (U8 exponents: F8_E8M0)
   ScaleLayout layout = ScaleLayout::PerTensor;
-  uint64_t block_rows = 0;      // Block only; groups along a row are blocks of 1 x G
-  uint64_t block_cols = 0;
+  uint32_t block_rows = 0;      // Block only; groups along a row are blocks of 1 x G
+  uint32_t block_cols = 0;      // (32 bits: 40 bytes a pair, not 48)
 };
 
 // Something the matcher wants a person to know about.

@@ -264,10 +264,14 @@ std::optional<ScalePairing> infer_layout(const std::vector<uint64_t>& w, const s
   // axes (TensorRT-LLM squeezes it so); the same bytes in the same order.
   if (w.size() == 2 && s.size() == 4 && s[1] == 1 && s[3] == 1)
     return infer_layout(w, {s[0], s[2]}, block, why, group, block_given);
-  auto set_block = [&](uint64_t r, uint64_t c) {
+  auto set_block = [&](uint64_t r, uint64_t c) -> std::optional<ScalePairing> {
+    if (r > UINT32_MAX || c > UINT32_MAX) {  // a pairing holds 32-bit block sizes
+      if (why) *why = "a block of " + std::to_string(r) + "x" + std::to_string(c) + " is larger than 2^32-1";
+      return std::nullopt;
+    }
     p.layout = ScaleLayout::Block;
-    p.block_rows = r;
-    p.block_cols = c;
+    p.block_rows = static_cast<uint32_t>(r);
+    p.block_cols = static_cast<uint32_t>(c);
     return p;
   };
   if (w.size() >= 2) {
@@ -677,8 +681,8 @@ std::string_view OutputNames::name(size_t k) const {
 }
 
 void validate(const stream::Manifest& m, const Matching& mt) {
-  // Roles by manifest position, a byte each: a stream may list a million
-  // tensors, and sets of their names would copy every one.
+  // Roles by manifest position, bits of a byte: a stream may list a
+  // million tensors, and sets of their names would copy every one.
   const size_t n = m.tensors.size();
   // Positions come from a decoded stream (checked there) or from code: a
   // matching made for another manifest is refused here.
@@ -688,9 +692,16 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     return static_cast<size_t>(i);
   };
   auto q = [&](size_t i) { return json::quote(m.tensors.name(i)); };
-  const stream::NameIndex index(m);
-  std::vector<uint8_t> dropped(n, 0), weight(n, 0), scale(n, 0), left(n, 0);
-  for (uint32_t d : mt.drop) dropped[at(d, "dropped tensor")] = 1;
+  enum : uint8_t { kDroppedRole = 1, kWeightRole = 2, kScaleRole = 4, kLeftRole = 8 };
+  std::vector<uint8_t> role(n, 0);
+  auto dropped = [&](size_t i) { return (role[i] & kDroppedRole) != 0; };
+  // Names are looked up only for renames and some problems: made when needed.
+  std::optional<stream::NameIndex> by_name;
+  auto index = [&]() -> const stream::NameIndex& {
+    if (!by_name) by_name.emplace(m);
+    return *by_name;
+  };
+  for (uint32_t d : mt.drop) role[at(d, "dropped tensor")] |= kDroppedRole;
   for (const auto& p : mt.pairs) {
     const size_t wi = at(p.weight, "weight");
     const TensorView w = m.tensors[wi];
@@ -698,8 +709,8 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     if (!is_fp8_weight_dtype(p.format) || (!container && w.dtype != p.format))
       fail("stream matching decodes " + q(wi) + " (" + std::string(dtype_name(w.dtype)) + ") as " +
            std::string(dtype_name(p.format)));
-    if (weight[wi]) fail("stream matching lists weight " + q(wi) + " twice");
-    weight[wi] = 1;
+    if (role[wi] & kWeightRole) fail("stream matching lists weight " + q(wi) + " twice");
+    role[wi] |= kWeightRole;
     if (p.output != ScalePairing::kNone && static_cast<size_t>(p.output) >= mt.outputs.size())
       fail("stream matching names output #" + std::to_string(p.output) + ", which it does not have");
     if (!p.has_scale()) continue;
@@ -709,11 +720,11 @@ void validate(const stream::Manifest& m, const Matching& mt) {
                     ((p.layout == ScaleLayout::Block && p.block_rows == 1) || p.layout == ScaleLayout::MxSwizzled);
     if (!(fp8::is_scale_dtype(s.dtype) && s.dtype == p.scale_format) && !mx)
       fail("stream matching uses " + q(si) + " of dtype " + std::string(dtype_name(s.dtype)) + " as a scale");
-    if (!dropped[si]) fail("stream matching keeps scale " + q(si) + " in the output");
+    if (!dropped(si)) fail("stream matching keeps scale " + q(si) + " in the output");
     if (p.scale2 != ScalePairing::kNone) {
       const size_t s2i = at(p.scale2, "scale");
       const TensorView s2 = m.tensors[s2i];
-      if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype) || !dropped[s2i])
+      if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype) || !dropped(s2i))
         fail("stream matching: second scale " + q(s2i) + " is not a dropped single value");
     }
     // The recorded layout must index exactly the scale's elements.
@@ -737,7 +748,7 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     if (!ok) fail("stream matching: scale " + q(si) + " does not have the recorded layout for " + q(wi));
   }
   auto renamed = [&](const std::string& name) -> size_t {
-    const long i = index.find(name);
+    const long i = index().find(name);
     if (i < 0) fail("stream matching names renamed tensor " + json::quote(name) + ", which is not in the manifest");
     return static_cast<size_t>(i);
   };
@@ -749,20 +760,20 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     for (const int32_t s : {p.scale, p.scale2}) {
       if (s == ScalePairing::kNone) continue;
       const auto si = static_cast<size_t>(s);
-      if (scale[si]) fail("stream matching uses " + q(si) + " as the scale of more than one weight");
-      scale[si] = 1;
+      if (role[si] & kScaleRole) fail("stream matching uses " + q(si) + " as the scale of more than one weight");
+      role[si] |= kScaleRole;
     }
   for (const auto& p : mt.pairs)
-    if (dropped[p.weight] || scale[p.weight]) fail("stream matching both converts and drops " + q(p.weight));
+    if (role[p.weight] & (kDroppedRole | kScaleRole)) fail("stream matching both converts and drops " + q(p.weight));
   for (const auto& r : mt.renames)
-    if (weight[renamed(r.from)]) fail("stream matching renames converted weight " + json::quote(r.from) + " twice");
+    if (role[renamed(r.from)] & kWeightRole) fail("stream matching renames converted weight " + json::quote(r.from) + " twice");
   // An FP8 weight is either converted or deliberately left as it is.
   for (const auto& p : mt.problems)
-    if (const long i = p.kind == kUnconverted ? index.find(p.tensor) : -1; i >= 0) left[static_cast<size_t>(i)] = 1;
-  auto has = [&](const std::string& name) { return index.find(name) >= 0; };
+    if (const long i = p.kind == kUnconverted ? index().find(p.tensor) : -1; i >= 0) role[static_cast<size_t>(i)] |= kLeftRole;
+  auto has = [&](std::string_view name) { return index().find(name) >= 0; };
   for (size_t i = 0; i < n; ++i) {
     const TensorView t = m.tensors[i];
-    if (is_fp8_weight_dtype(t.dtype) && !weight[i] && !left[i] && !dropped[i] && !never_a_weight(t, has)) {
+    if (is_fp8_weight_dtype(t.dtype) && !(role[i] & (kWeightRole | kLeftRole | kDroppedRole)) && !never_a_weight(t, has)) {
       // st-scales before stream 1.2 refused a weight with several
       // candidate scales and paired nothing for it.
       const bool refused = std::any_of(mt.problems.begin(), mt.problems.end(),

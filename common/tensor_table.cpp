@@ -43,23 +43,18 @@ struct TensorTable::Block {
 
 TensorTable::TensorTable() = default;
 TensorTable::~TensorTable() = default;
-TensorTable::TensorTable(TensorTable&& o) noexcept
-    : rows_(std::move(o.rows_)),
-      blocks_(std::move(o.blocks_)),
-      names_at_(o.names_at_),
-      names_left_(o.names_left_),
-      sources_(std::move(o.sources_)),
-      size_(o.size_) {
-  o.clear();
-}
+TensorTable::TensorTable(TensorTable&& o) noexcept { *this = std::move(o); }
 
 TensorTable& TensorTable::operator=(TensorTable&& o) noexcept {
   if (this != &o) {
     rows_ = std::move(o.rows_);
     blocks_ = std::move(o.blocks_);
-    names_at_ = o.names_at_;
-    names_left_ = o.names_left_;
+    name_blocks_ = std::move(o.name_blocks_);
+    current_ = o.current_;
+    names_used_ = o.names_used_;
     sources_ = std::move(o.sources_);
+    shapes_ = std::move(o.shapes_);
+    shape_index_ = std::move(o.shape_index_);
     size_ = o.size_;
     o.clear();
   }
@@ -88,22 +83,26 @@ TensorTable::TensorTable(const std::vector<TensorInfo>& tensors) {
 
 TensorView TensorTable::operator[](size_t i) const {
   const Row& r = row(i);
-  return {{r.name, r.name_size}, r.dtype, r.shape, nbytes(i), sources_[r.source]};
+  return {name(i), r.dtype, shapes_[r.shape], nbytes(i), sources_[r.source]};
 }
 
 uint64_t TensorTable::nbytes(size_t i) const {
   const Row& r = row(i);
+  const Shape& shape = shapes_[r.shape];
   ByteSize size;
-  tensor_size(r.dtype, r.shape.data(), r.shape.size(), size);  // checked when the row was added
+  tensor_size(r.dtype, shape.data(), shape.size(), size);  // checked when the row was added
   return size.bytes;
 }
 
 void TensorTable::clear() {
   rows_.clear();
   blocks_.clear();
-  names_at_ = nullptr;
-  names_left_ = 0;
+  name_blocks_.clear();
+  current_ = SIZE_MAX;
+  names_used_ = 0;
   sources_.clear();
+  shapes_.clear();
+  shape_index_.clear();
   size_ = 0;
 }
 
@@ -115,26 +114,33 @@ TensorTable::Row* TensorTable::new_row() {
   return &row(size_++);
 }
 
-const char* TensorTable::store_name(std::string_view name) {
-  if (name.empty()) return "";
-  if (name.size() > names_left_) {
-    // A name longer than a block gets a block of its own; the current
-    // block's rest stays for the names after it.
-    const bool own = name.size() > kNameBlock / 4;
+uint32_t TensorTable::store_name(std::string_view name) {
+  if (name.empty()) return 0;
+  // A name longer than a quarter block gets a block of its own (at offset
+  // 0); the others fill the current block, never straddling two.
+  const bool own = name.size() > kNameBlock / 4;
+  if (own || current_ == SIZE_MAX || name.size() > kNameBlock - names_used_) {
+    if (name_blocks_.size() == kMaxNameBlocks) throw Error("the tensor names take more than 4 GiB");
     blocks_.push_back(std::make_unique<Block>(own ? name.size() : kNameBlock));
-    if (!own) {
-      names_at_ = blocks_.back()->data;
-      names_left_ = kNameBlock;
-    } else {
-      std::memcpy(blocks_.back()->data, name.data(), name.size());
-      return blocks_.back()->data;
+    name_blocks_.push_back(blocks_.back()->data);
+    const size_t index = name_blocks_.size() - 1;
+    if (own) {
+      std::memcpy(name_blocks_[index], name.data(), name.size());
+      return static_cast<uint32_t>(index << kNameOffsetBits);
     }
+    current_ = index;
+    names_used_ = 0;
   }
-  char* p = names_at_;
-  std::memcpy(p, name.data(), name.size());
-  names_at_ += name.size();
-  names_left_ -= name.size();
-  return p;
+  std::memcpy(name_blocks_[current_] + names_used_, name.data(), name.size());
+  const auto ref = static_cast<uint32_t>((current_ << kNameOffsetBits) | names_used_);
+  names_used_ += name.size();
+  return ref;
+}
+
+uint32_t TensorTable::shape_index(const Shape& s) {
+  const auto [it, added] = shape_index_.try_emplace(s.id(), static_cast<uint32_t>(shapes_.size()));
+  if (added) shapes_.push_back(s);
+  return it->second;
 }
 
 uint16_t TensorTable::source_index(const SharedString& s) {
@@ -157,9 +163,10 @@ void TensorTable::push_back(const TensorView& t) {
 void TensorTable::add(std::string_view name, Dtype dtype, const Shape& shape, const SharedString& source) {
   if (name.size() > UINT32_MAX) throw Error("a tensor name is longer than 4 GiB");
   const uint16_t from = source_index(source);
-  const char* stored = store_name(name);
+  const uint32_t shape_at = shape_index(shape);
+  const uint32_t stored = store_name(name);
   Row* r = new_row();
-  new (r) Row{stored, shape, static_cast<uint32_t>(name.size()), from, dtype};
+  new (r) Row{stored, static_cast<uint32_t>(name.size()), shape_at, from, dtype};
 }
 
 void TensorTable::reorder_from(size_t base, const std::vector<uint32_t>& order) {
