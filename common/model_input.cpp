@@ -66,8 +66,14 @@ std::string shard_name_problem(const std::string& index, const std::string& name
 ModelInput read_index(const std::string& index, std::vector<std::string>* problems) {
   std::ifstream f(index, std::ios::binary);
   if (!f) fail(index + ": cannot open: " + io::errno_text(errno));
-  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (f.bad()) fail(index + ": cannot read: " + io::errno_text(errno));
+  // Read at its size: a growing string would double past it (an index of
+  // a million tensors is some 60 MB).
+  f.seekg(0, std::ios::end);
+  const std::streamoff size = f.tellg();
+  f.seekg(0, std::ios::beg);
+  std::string text(size > 0 ? static_cast<size_t>(size) : 0, '\0');
+  if (!f.read(text.data(), static_cast<std::streamsize>(text.size())) || f.bad())
+    fail(index + ": cannot read: " + io::errno_text(errno));
   rapidjson::Document doc;  // its strings point into text
   if (!json::parse_json_in_place(doc, text) || !doc.IsObject()) fail(index + ": not a valid JSON object");
   auto wm = doc.FindMember("weight_map");
@@ -79,9 +85,9 @@ ModelInput read_index(const std::string& index, std::vector<std::string>* proble
   // its shard's number, renumbered in name order at the end.
   std::map<std::string, uint32_t> shard_ids;  // shard name -> first-seen number
   std::vector<std::string> shard_names;
-  in.weight_map.reserve(wm->value.MemberCount());
+  in.weight_map.reserve(wm->value.MemberCount(), text.size());  // room the names cannot exceed
   for (auto it = wm->value.MemberBegin(); it != wm->value.MemberEnd(); ++it) {
-    std::string tensor(it->name.GetString(), it->name.GetStringLength());
+    const std::string_view tensor(it->name.GetString(), it->name.GetStringLength());
     if (!it->value.IsString()) fail(index + ": weight_map entry " + json::quote(tensor) + " is not a file name");
     const std::string shard(it->value.GetString(), it->value.GetStringLength());
     auto [sid, fresh] = shard_ids.emplace(shard, static_cast<uint32_t>(shard_names.size()));
@@ -95,13 +101,12 @@ ModelInput read_index(const std::string& index, std::vector<std::string>* proble
       shard_names.push_back(shard);
     }
     if (sid->second == UINT32_MAX) continue;
-    in.weight_map.emplace_back(std::move(tensor), sid->second);
+    in.weight_map.add(tensor, sid->second);
   }
   if (shard_names.empty()) fail(index + ": weight_map names no usable shard");
   // Repeated keys: found by sorting positions, not with a set of every name.
-  if (const auto r = safetensors::first_repeat(in.weight_map.size(),
-                                               [&](size_t i) -> const std::string& { return in.weight_map[i].first; }))
-    fail(index + ": weight_map lists " + json::quote(in.weight_map[r->second].first) + " twice");
+  if (const auto r = safetensors::first_repeat(in.weight_map.size(), [&](size_t i) { return in.weight_map.tensor(i); }))
+    fail(index + ": weight_map lists " + json::quote(in.weight_map.tensor(r->second)) + " twice");
   std::vector<uint32_t> by_name(shard_names.size());
   for (uint32_t k = 0; k < by_name.size(); ++k) by_name[k] = k;
   std::sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) { return shard_names[a] < shard_names[b]; });
@@ -110,7 +115,7 @@ ModelInput read_index(const std::string& index, std::vector<std::string>* proble
     renumber[by_name[k]] = k;
     in.files.push_back(paths::join(in.dir, shard_names[by_name[k]]));
   }
-  for (auto& e : in.weight_map) e.second = renumber[e.second];
+  for (size_t i = 0; i < in.weight_map.size(); ++i) in.weight_map.set_file(i, renumber[in.weight_map.file(i)]);
   in.map_files = in.files;
   return in;
 }
@@ -156,40 +161,44 @@ std::vector<std::string> missing_shards(const ModelInput& in) {
   return out;
 }
 
-std::vector<std::string> index_problems(const ModelInput& in, const std::vector<std::vector<std::string>>& names) {
+std::vector<std::string> index_problems(const ModelInput& in, size_t count,
+                                        const std::function<std::string_view(size_t)>& name,
+                                        const std::function<uint32_t(size_t)>& file) {
   std::vector<std::string> out;
   if (in.index.empty()) return out;
-  // Sorted views, not maps of copied strings: an index may list a million
-  // tensors. where: tensor -> the file that holds it (the first, as before).
-  std::vector<std::pair<std::string_view, uint32_t>> where;
-  for (size_t i = 0; i < in.files.size() && i < names.size(); ++i)
-    for (const auto& n : names[i]) where.emplace_back(n, static_cast<uint32_t>(i));
-  std::stable_sort(where.begin(), where.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  std::vector<std::string_view> listed;
-  listed.reserve(in.weight_map.size());
-  for (const auto& [tensor, file] : in.weight_map) listed.push_back(tensor);
-  std::sort(listed.begin(), listed.end());
+  // Positions sorted by name on both sides (4 bytes an entry), not maps or
+  // copies of names: an index may list a million tensors. The first of a
+  // name held twice is the one that counts (the sort is stable).
+  const std::vector<uint32_t> held = safetensors::positions_by_name(count, name);
+  auto listed_name = [&](size_t i) { return in.weight_map.tensor(i); };
+  const std::vector<uint32_t> listed = safetensors::positions_by_name(in.weight_map.size(), listed_name);
+  // The position with name t in by_name (sorted by name_of), or -1.
+  auto find = [](const std::vector<uint32_t>& by_name, const auto& name_of, std::string_view t) -> long {
+    auto it = std::lower_bound(by_name.begin(), by_name.end(), t, [&](uint32_t k, std::string_view n) { return name_of(k) < n; });
+    return it != by_name.end() && name_of(*it) == t ? static_cast<long>(*it) : -1;
+  };
   std::vector<bool> exists(in.map_files.size());
   for (size_t k = 0; k < exists.size(); ++k) {
     struct stat sb;
     exists[k] = ::stat(in.map_files[k].c_str(), &sb) == 0;
   }
-  for (const auto& [tensor, id] : in.weight_map) {
+  for (size_t e = 0; e < in.weight_map.size(); ++e) {
+    const uint32_t id = in.weight_map.file(e);
     if (!exists[id]) continue;  // a missing shard is reported once, by missing_shards
-    const std::string& file = in.map_files[id];
-    const std::string_view t(tensor);
-    auto it = std::lower_bound(where.begin(), where.end(), t, [](const auto& e, std::string_view n) { return e.first < n; });
-    if (it == where.end() || it->first != t)
-      out.push_back(in.index + ": names tensor " + json::quote(tensor) + " in " + paths::base_name(file) +
+    const std::string& map_file = in.map_files[id];
+    const std::string_view t = in.weight_map.tensor(e);
+    const long k = find(held, name, t);
+    if (k < 0)
+      out.push_back(in.index + ": names tensor " + json::quote(t) + " in " + paths::base_name(map_file) +
                     ", which does not hold it");
-    else if (in.files[it->second] != file)
-      out.push_back(in.index + ": names tensor " + json::quote(tensor) + " in " + paths::base_name(file) + ", but it is in " +
-                    paths::base_name(in.files[it->second]));
+    else if (in.files[file(static_cast<size_t>(k))] != map_file)
+      out.push_back(in.index + ": names tensor " + json::quote(t) + " in " + paths::base_name(map_file) + ", but it is in " +
+                    paths::base_name(in.files[file(static_cast<size_t>(k))]));
   }
-  for (size_t i = 0; i < in.files.size() && i < names.size(); ++i)
-    for (const auto& n : names[i])
-      if (!std::binary_search(listed.begin(), listed.end(), std::string_view(n)))
-        out.push_back(in.files[i] + ": tensor " + json::quote(n) + " is not in the index " + paths::base_name(in.index));
+  for (size_t k = 0; k < count; ++k) {
+    const std::string_view n = name(k);
+    if (find(listed, listed_name, n) < 0) out.push_back(in.files[file(k)] + ": tensor " + json::quote(n) + " is not in the index " + paths::base_name(in.index));
+  }
   return out;
 }
 

@@ -141,12 +141,9 @@ SafetensorsSource::SafetensorsSource(model_input::ModelInput input, const ListOp
     shards_.push_back(std::move(shard));
   }
   if (input_.files.size() > 1) drop_repeated_tensors(all, all_refs);  // read_header() refuses them within a file
-  std::vector<std::vector<std::string>> names(input_.files.size());
-  if (!input_.index.empty())
-    for (size_t i = 0; i < all.size(); ++i) names[all_refs[i].shard].emplace_back(all.name(i));
-  const auto problems = model_input::index_problems(input_, names);
-  names = {};  // needed for the index check only: a million names
-  input_.weight_map = {};
+  const auto problems = model_input::index_problems(
+      input_, all.size(), [&](size_t i) { return all.name(i); }, [&](size_t i) { return all_refs[i].shard; });
+  input_.weight_map.clear();  // needed for the index check only: a million names
   if (!problems.empty() && !opt.lenient_index)
     fail(problems.front() + (problems.size() > 1 ? " (and " + std::to_string(problems.size() - 1) + " more problems)" : ""));
   for (const auto& msg : problems) index_problems_.push_back({scales::kIndexMismatch, "", msg});

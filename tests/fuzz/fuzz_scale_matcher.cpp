@@ -72,8 +72,8 @@ void check(const st::stream::Manifest& m, const sc::MarkerData& markers, const s
 
   NullBuf nb;
   std::ostream null(&nb);
-  const sc::ScaleValues values = [](const std::string& name) {
-    return name.size() % 2 ? std::vector<float>{0.5f, NAN, 2.0f} : std::vector<float>{};
+  const sc::ScaleValues values = [](size_t scale) {
+    return scale % 2 ? std::vector<float>{0.5f, NAN, 2.0f} : std::vector<float>{};
   };
   sc::print_report(null, m, mt, values);
   sc::print_json(null, "fuzz", m, mt, values, sc::needs_attention(mt, opt.strict));
@@ -157,7 +157,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       content = rest.substr(0, end);
       rest = end == std::string_view::npos ? std::string_view() : rest.substr(end + 1);
     }
-    markers[t.name].assign(content.begin(), content.end());
+    markers[std::string(t.name)].assign(content.begin(), content.end());
   }
 
   check(m, markers, sc::Options{});
