@@ -223,8 +223,11 @@ ScalePairing pair_from(const Value& p, const PositionOf& position, Matching& mt)
   sp.weight = position(member(p, "weight", "a matching pair"), "pair weight");
   sp.format = get_dtype(member(p, "format", "a matching pair"), "pair format");
   if (auto o = p.FindMember("output"); o != p.MemberEnd()) {
-    sp.output = static_cast<int32_t>(mt.outputs.size());
-    mt.outputs.push_back(get_string(o->value, "pair output"));
+    std::string output = get_string(o->value, "pair output");
+    if (!output.empty()) {  // "" is the weight's own name, as when absent
+      sp.output = static_cast<int32_t>(mt.outputs.size());
+      mt.outputs.push_back(std::move(output));
+    }
   }
   if (auto s = p.FindMember("scale"); s != p.MemberEnd()) {
     sp.scale = static_cast<int32_t>(position(s->value, "pair scale"));
@@ -255,7 +258,8 @@ class ManifestHandler {
  public:
   ManifestHandler(rapidjson::Document& doc, TensorTable& out) : doc_(doc), out_(out) {}
   const std::string& error() const { return error_; }
-  // What a conversion of a collected element threw (st::Error), or null.
+  // What the conversion of the first bad collected element threw
+  // (st::Error), or null.
   std::exception_ptr thrown() const { return thrown_; }
   // The pairs and drop entries converted as they arrived (none when the
   // matching came before the tensors: then they are in the Document).
@@ -457,8 +461,9 @@ class ManifestHandler {
       if (collecting_ == Collect::Pairs) collected_.pairs.push_back(pair_from(elem, *position_, collected_));
       else collected_.drop.push_back((*position_)(elem, "drop entry"));
     } catch (const Error&) {
-      thrown_ = std::current_exception();
-      return false;
+      // Reported where the document path would report it (after the
+      // syntax and the manifest's other fields): parsing goes on.
+      if (!thrown_) thrown_ = std::current_exception();
     }
     return true;
   }
@@ -541,7 +546,11 @@ class ManifestHandler {
     if (tensor_size(info.dtype, info.shape.data(), info.shape.size(), size) != SizeError::None || size.bytes != info.nbytes)
       return fail(where + ": nbytes does not match dtype and shape");
     if (cur_.source == Got::Wrong) return fail(where + " source is not a string");
-    out_.push_back(info);
+    try {
+      out_.push_back(info);
+    } catch (const Error& e) {  // more sources than a table holds
+      return fail(e.what());
+    }
     return true;
   }
   bool fail(const std::string& what) {
@@ -820,7 +829,6 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
   };
   doc.Populate(generate);
   if (in.saw_nul()) bad("contains a NUL byte (not JSON)");
-  if (handler.thrown()) std::rethrow_exception(handler.thrown());
   if (!handler.error().empty()) bad(handler.error());
   if (reader.HasParseError()) {
     if (reader.GetParseErrorCode() == rapidjson::kParseErrorStringInvalidEncoding) bad("not valid UTF-8");
@@ -897,6 +905,7 @@ Manifest decode_manifest(const std::function<size_t(char*, size_t)>& more) {
     };
     const Value& pairs = array_of("pairs");
     const Value& drop = array_of("drop");
+    if (handler.thrown()) std::rethrow_exception(handler.thrown());  // a collected pair or drop entry
     if (!pairs.Empty() || !drop.Empty()) {
       const PositionOf position(m.tensors);
       mt.pairs.reserve(mt.pairs.size() + pairs.Size());  // entries that arrived, not a claimed count

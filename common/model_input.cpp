@@ -66,14 +66,13 @@ std::string shard_name_problem(const std::string& index, const std::string& name
 ModelInput read_index(const std::string& index, std::vector<std::string>* problems) {
   std::ifstream f(index, std::ios::binary);
   if (!f) fail(index + ": cannot open: " + io::errno_text(errno));
-  // Read at its size: a growing string would double past it (an index of
-  // a million tensors is some 60 MB).
-  f.seekg(0, std::ios::end);
-  const std::streamoff size = f.tellg();
-  f.seekg(0, std::ios::beg);
-  std::string text(size > 0 ? static_cast<size_t>(size) : 0, '\0');
-  if (!f.read(text.data(), static_cast<std::streamsize>(text.size())) || f.bad())
-    fail(index + ": cannot read: " + io::errno_text(errno));
+  // Room for a regular file's size first: a growing string would double
+  // past it (an index of a million tensors is some 60 MB).
+  std::string text;
+  if (struct stat sb; ::stat(index.c_str(), &sb) == 0 && S_ISREG(sb.st_mode)) text.reserve(static_cast<size_t>(sb.st_size));
+  char piece[1 << 16];
+  while (f.read(piece, sizeof piece) || f.gcount() > 0) text.append(piece, static_cast<size_t>(f.gcount()));
+  if (f.bad()) fail(index + ": cannot read: " + io::errno_text(errno));
   rapidjson::Document doc;  // its strings point into text
   if (!json::parse_json_in_place(doc, text) || !doc.IsObject()) fail(index + ": not a valid JSON object");
   auto wm = doc.FindMember("weight_map");

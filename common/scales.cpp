@@ -502,7 +502,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       p.scale_format = scale_format;
       if (!c.second.empty()) p.scale2 = static_cast<int32_t>(by_name.position(c.second));
       p.convention = c.row->name;
-      if (c.output != w.name) {
+      if (!c.output.empty() && c.output != w.name) {  // "" would mean the weight's own name
         p.output = static_cast<int32_t>(mt.outputs.size());
         mt.outputs.push_back(c.output);
       }
@@ -713,7 +713,10 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     role[wi] |= kWeightRole;
     if (p.output != ScalePairing::kNone && static_cast<size_t>(p.output) >= mt.outputs.size())
       fail("stream matching names output #" + std::to_string(p.output) + ", which it does not have");
-    if (!p.has_scale()) continue;
+    if (!p.has_scale()) {
+      if (p.scale2 != ScalePairing::kNone) fail("stream matching gives " + q(wi) + " a second scale but no scale");
+      continue;
+    }
     const size_t si = at(p.scale, "scale");
     const TensorView s = m.tensors[si];
     const bool mx = s.dtype == Dtype::U8 && p.scale_format == Dtype::F8_E8M0 &&

@@ -53,6 +53,7 @@ TensorTable& TensorTable::operator=(TensorTable&& o) noexcept {
     current_ = o.current_;
     names_used_ = o.names_used_;
     sources_ = std::move(o.sources_);
+    source_index_ = std::move(o.source_index_);
     shapes_ = std::move(o.shapes_);
     shape_index_ = std::move(o.shape_index_);
     size_ = o.size_;
@@ -101,6 +102,7 @@ void TensorTable::clear() {
   current_ = SIZE_MAX;
   names_used_ = 0;
   sources_.clear();
+  source_index_.clear();
   shapes_.clear();
   shape_index_.clear();
   size_ = 0;
@@ -146,11 +148,13 @@ uint32_t TensorTable::shape_index(const Shape& s) {
 uint16_t TensorTable::source_index(const SharedString& s) {
   // Tensors of one file follow each other: the last one is nearly always it.
   if (!sources_.empty() && sources_.back() == s) return static_cast<uint16_t>(sources_.size() - 1);
-  const auto it = std::find(sources_.begin(), sources_.end(), s);
-  if (it != sources_.end()) return static_cast<uint16_t>(it - sources_.begin());
-  if (sources_.size() > UINT16_MAX) throw Error("a model of more than 65536 files is not supported");
+  const auto it = source_index_.find(&s.str());
+  if (it != source_index_.end()) return it->second;
+  if (sources_.size() > UINT16_MAX) throw Error("more than 65536 source files are not supported");
+  const auto index = static_cast<uint16_t>(sources_.size());
+  source_index_.emplace(&s.str(), index);
   sources_.push_back(s);
-  return static_cast<uint16_t>(sources_.size() - 1);
+  return index;
 }
 
 void TensorTable::push_back(const TensorView& t) {

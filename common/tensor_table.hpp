@@ -30,7 +30,7 @@ class SharedString {
   bool empty() const { return !p_; }
   const char* c_str() const { return str().c_str(); }
 
-  // Interned: equal texts are the same object.
+  // Interned: equal texts are the same object (&str() names it).
   friend bool operator==(const SharedString& a, const SharedString& b) { return a.p_ == b.p_; }
   friend bool operator==(const SharedString& a, const std::string& b) { return a.str() == b; }
   friend bool operator==(const SharedString& a, const char* b) { return a.str() == b; }
@@ -182,6 +182,7 @@ class TensorTable {
   size_t current_ = SIZE_MAX;       // the name block that takes short names
   size_t names_used_ = 0;           // its bytes in use
   std::vector<SharedString> sources_;
+  std::unordered_map<const std::string*, uint16_t> source_index_;  // by interned text
   std::vector<Shape> shapes_;  // the distinct shapes (few), by index
   std::unordered_map<const void*, uint32_t> shape_index_;
   size_t size_ = 0;

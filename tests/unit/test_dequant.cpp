@@ -9,6 +9,8 @@
 
 #include "catch.hpp"
 #include "dequant.hpp"
+#include "io.hpp"
+#include "stream.hpp"
 #include "oracle.hpp"
 
 using st::Dtype;
@@ -317,4 +319,66 @@ TEST_CASE("large block-scaled weight: chunks across rows equal one call and the 
       CHECK(cat == whole);
     }
   }
+}
+
+// A recorded matching may list its pairs in any order (st-dequant finds a
+// weight's pair by binary search over the pairs sorted by weight): the
+// values are those of the pairs in manifest order, hand-checked.
+TEST_CASE("run: a recorded matching with pairs out of weight order converts each weight with its own scale",
+          "[dequant][run]") {
+  namespace stream = st::stream;
+  stream::Manifest m;
+  m.producer = "test";
+  // Scales first (positions 0-2), then the weights (3-5); E4M3 0x40 is 2.0.
+  m.tensors = {TensorInfo("a.weight_scale", Dtype::F32, {}, 4), TensorInfo("b.weight_scale", Dtype::F32, {}, 4),
+               TensorInfo("c.weight_scale", Dtype::F32, {}, 4), TensorInfo("a.weight", Dtype::F8_E4M3, {2}, 2),
+               TensorInfo("b.weight", Dtype::F8_E4M3, {2}, 2), TensorInfo("c.weight", Dtype::F8_E4M3, {2}, 2)};
+  const float scale[3] = {0.5f, 3.0f, -0.25f};
+  stream::Matching mt;
+  for (uint32_t w : {5u, 3u, 4u}) {  // c, a, b
+    ScalePairing p;
+    p.weight = w;
+    p.scale = static_cast<int32_t>(w - 3);
+    p.layout = ScaleLayout::PerTensor;
+    p.convention = "weight_scale";
+    mt.pairs.push_back(p);
+  }
+  mt.drop = {0, 1, 2};
+  m.matching = mt;
+  st::io::MemorySink in_bytes;
+  {
+    stream::Writer w(in_bytes);
+    w.begin(m);
+    for (uint32_t i = 0; i < 6; ++i) {
+      std::vector<uint8_t> b(4);
+      if (i < 3) std::memcpy(b.data(), &scale[i], 4);
+      else b = {0x40, 0x40};
+      w.data(i, b);
+      w.end_tensor(i);
+    }
+    w.finish();
+  }
+  st::io::MemorySource src(in_bytes.bytes);
+  stream::Reader r(src, "in");
+  st::io::MemorySink out_bytes;
+  stream::Writer w(out_bytes);
+  st::dequant::Options opt;
+  opt.target = Target::F32;
+  const auto sum = st::dequant::run(r, w, opt, {});
+  CHECK(sum.converted == 3);
+  st::io::MemorySource back_src(out_bytes.bytes);
+  stream::Reader back(back_src, "out");
+  REQUIRE(back.manifest().tensors.size() == 3);
+  std::vector<std::vector<float>> got(3);
+  for (stream::Event ev = back.next(); ev.kind != stream::Event::Kind::End; ev = back.next())
+    if (ev.kind == stream::Event::Kind::Data)
+      for (size_t k = 0; k + 4 <= ev.data.size(); k += 4) {
+        float f;
+        std::memcpy(&f, ev.data.data() + k, 4);
+        got[ev.tensor].push_back(f);
+      }
+  CHECK(back.manifest().tensors[0].name == "a.weight");
+  CHECK(got[0] == std::vector<float>{1.0f, 1.0f});    // 2 x 0.5
+  CHECK(got[1] == std::vector<float>{6.0f, 6.0f});    // 2 x 3
+  CHECK(got[2] == std::vector<float>{-0.5f, -0.5f});  // 2 x -0.25
 }

@@ -1487,3 +1487,40 @@ TEST_CASE("permute_in_place puts at(order[k]) at k", "[stream][table]") {
   stream::permute_in_place(order, [&](size_t j) -> char& { return v[j]; });
   CHECK(v == std::vector<char>{'c', 'a', 'b', 'f', 'e', 'd'});
 }
+
+TEST_CASE("a matching's own errors come after the manifest's; an empty output is the weight's name", "[stream]") {
+  const std::string good =
+      R"({"format":"st-stream","version":"1.2","producer":"p","metadata":null,"tensors":[)"
+      R"({"name":"w","dtype":"F8_E4M3","shape":[2],"nbytes":2},{"name":"s","dtype":"F32","shape":[],"nbytes":4}],)"
+      R"("matching":{"block":[128,128],"pairs":[{"weight":"w","format":"F8_E4M3","output":"","scale":"s",)"
+      R"("scale_format":"F32","convention":"weight_scale","layout":"per-tensor"}],"drop":["s"],"rename":[],)"
+      R"("metadata_edits":[],"problems":[]}})";
+  const auto g = stream::decode_manifest(good);
+  REQUIRE(g.matching);
+  REQUIRE(g.matching->pairs.size() == 1);
+  CHECK(g.matching->pairs[0].output == stream::ScalePairing::kNone);
+  CHECK(g.matching->output_name(g.matching->pairs[0], g.tensors) == "w");
+  CHECK(stream::encode_manifest(g).find("\"output\"") == std::string::npos);
+
+  auto edit = [](std::string s, const std::string& from, const std::string& to) {
+    const size_t at = s.find(from);
+    REQUIRE(at != std::string::npos);
+    return s.replace(at, from.size(), to);
+  };
+  auto error_of = [](const std::string& text) {
+    try {
+      stream::decode_manifest(text);
+    } catch (const st::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("decoded");
+  };
+  const std::string bad_pair = edit(good, R"("weight":"w")", R"("weight":"zz")");
+  CHECK(error_of(bad_pair).find("'zz', which is not in the manifest") != std::string::npos);
+  // Errors a reader finds before the matching still come first.
+  CHECK(error_of(edit(bad_pair, "st-stream", "st-strem")).find("format is not 'st-stream'") != std::string::npos);
+  CHECK(error_of(edit(bad_pair, R"("name":"s")", R"("name":"w")")).find("duplicate tensor name 'w'") != std::string::npos);
+  CHECK(error_of(edit(bad_pair, R"("rename":[])", R"("rename":[],,)")).find("not valid JSON") != std::string::npos);
+  // Within the matching, in document order: its block before its pairs.
+  CHECK(error_of(edit(bad_pair, R"("block":[128,128])", R"("block":[128])")).find("matching block") != std::string::npos);
+}
