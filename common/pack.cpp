@@ -217,8 +217,13 @@ struct ExtraFile {
 struct OutputPlan {
   std::string dir;  // for sharded output
   std::vector<ShardPlan> shards;
-  std::vector<uint32_t> shard_of;  // manifest index -> shard
-  std::vector<uint32_t> position;  // manifest index -> its position in the shard's `tensors`
+  // Manifest index -> its shard, and its position in the shard's
+  // `tensors`; both empty for one file (shard 0, the same position), so a
+  // million tensors do not cost 8 bytes each for nothing.
+  std::vector<uint32_t> shard_of_;
+  std::vector<uint32_t> position_;
+  uint32_t shard_of(size_t tensor) const { return shard_of_.empty() ? 0 : shard_of_[tensor]; }
+  uint32_t position(size_t tensor) const { return position_.empty() ? static_cast<uint32_t>(tensor) : position_[tensor]; }
   std::vector<ExtraFile> extras;   // index, config.json, copied files
 };
 
@@ -334,17 +339,16 @@ bool model_dir_trusted(const stream::Manifest& m) {
 OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
   OutputPlan p;
   check_renamed_names(m, opt);  // of the whole model, once
-  p.shard_of.assign(m.tensors.size(), 0);
   if (!sharded(opt)) {
     ShardPlan sh;
     sh.path = opt.output;
     sh.tensors = all_tensors(m);
     sh.layout = plan(m, sh.tensors, true, opt);
-    p.position = sh.tensors;  // the part is all of it
     p.shards.push_back(std::move(sh));
     return p;
   }
-  p.position.assign(m.tensors.size(), 0);
+  p.shard_of_.assign(m.tensors.size(), 0);
+  p.position_.assign(m.tensors.size(), 0);
   // OUTDIR/ (shards named model-*) or DIR/NAME.safetensors (NAME-*).
   std::string prefix = "model";
   p.dir = opt.output;
@@ -364,8 +368,8 @@ OutputPlan plan_outputs(const stream::Manifest& m, const Options& opt) {
     sh.tensors = groups[s];
     sh.layout = plan(m, sh.tensors, true, opt);
     for (size_t k = 0; k < sh.tensors.size(); ++k) {
-      p.shard_of[sh.tensors[k]] = static_cast<uint32_t>(s);
-      p.position[sh.tensors[k]] = static_cast<uint32_t>(k);
+      p.shard_of_[sh.tensors[k]] = static_cast<uint32_t>(s);
+      p.position_[sh.tensors[k]] = static_cast<uint32_t>(k);
     }
     p.shards.push_back(std::move(sh));
   }
@@ -522,15 +526,15 @@ Result run(stream::Reader& in, const Options& opt) {
     data_total += sh.layout.data_bytes;
   }
   auto file_pos = [&](uint32_t tensor, uint64_t offset) {
-    const Layout& l = p.shards[p.shard_of[tensor]].layout;
-    return l.header_bytes + l.offset[p.position[tensor]] + offset;
+    const Layout& l = p.shards[p.shard_of(tensor)].layout;
+    return l.header_bytes + l.offset[p.position(tensor)] + offset;
   };
   // Data from a pipe goes straight into the files (splice) when the files
   // are read back: the read-back then checks the data checksums the reader
   // leaves unchecked, before anything is renamed into place.
   if (opt.verify)
     in.splice_data_to([&](uint32_t tensor, uint64_t offset) {
-      const auto& f = *files[p.shard_of[tensor]];
+      const auto& f = *files[p.shard_of(tensor)];
       return stream::SpliceTarget{f.fd(), file_pos(tensor, offset), &f.target()};
     });
   constexpr uint64_t kWritebackBytes = 64u << 20;
@@ -540,7 +544,7 @@ Result run(stream::Reader& in, const Options& opt) {
     const Event ev = in.next();  // checks every frame, and the data checksums of bytes not spliced
     if (ev.kind == Event::Kind::End) break;
     if (ev.kind == Event::Kind::Data) {
-      io::AtomicOutput& f = *files[p.shard_of[ev.tensor]];
+      io::AtomicOutput& f = *files[p.shard_of(ev.tensor)];
       const uint64_t pos = file_pos(ev.tensor, ev.offset), n = ev.spliced + ev.data.size();
       f.pwrite_all(pos + ev.spliced, ev.data.data(), ev.data.size());
       if (opt.verify) check_back(f, pos, n, ev.hash);

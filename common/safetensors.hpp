@@ -153,7 +153,11 @@ std::optional<std::pair<size_t, size_t>> first_repeat(size_t n, NameOf name_of) 
 // manifest and the header both refuse repeated names.
 template <class NameOf>
 std::optional<std::string> repeated_name(size_t n, NameOf name_of) {
-  const std::vector<uint32_t> by_name = positions_by_name(n, name_of);
+  // Not a stable sort: equal names are equal, and std::sort needs no
+  // buffer of another 4 bytes a tensor. The smallest repeated name is found.
+  std::vector<uint32_t> by_name(n);
+  for (uint32_t i = 0; i < by_name.size(); ++i) by_name[i] = i;
+  std::sort(by_name.begin(), by_name.end(), [&](uint32_t a, uint32_t b) { return name_of(a) < name_of(b); });
   for (size_t i = 1; i < by_name.size(); ++i)
     if (name_of(by_name[i]) == name_of(by_name[i - 1])) return std::string(name_of(by_name[i]));
   return std::nullopt;

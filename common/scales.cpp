@@ -843,14 +843,17 @@ std::vector<uint32_t> scales_first_order(const TensorTable& tensors) {
   // Markers; then every candidate scale of any tensor by any row, whether or
   // not its layout fits with the default block size (st-dequant --block may
   // make it fit) and whatever the weight's dtype (--u8-as); then the rest.
-  const stream::NameIndex names(tensors);  // 4 bytes a tensor: a header may list a million names
+  // 4 bytes a tensor (a header may list a million names), made only when a
+  // name ends like a scale of some convention.
+  std::optional<stream::NameIndex> names;
   auto is_scale = [&](std::string_view n) {
     if (is_weight_scale_name(n)) return true;
     for (const auto& row : kConventions)
       for (const char* suffix : {row.scale_suffix, row.second_suffix}) {
         if (!suffix || !ends_with(n, suffix)) continue;
         const std::string w = std::string(n.substr(0, n.size() - std::string_view(suffix).size())) + row.weight_suffix;
-        if (w != n && names.find(w) >= 0) return true;
+        if (!names) names.emplace(tensors);
+        if (w != n && names->find(w) >= 0) return true;
       }
     return false;
   };

@@ -61,34 +61,54 @@ constexpr size_t kReadPiece = 256u << 10;
 // ends where the next begins.
 class ManifestEntries : public safetensors::EntryTable {
  public:
+  // `begins` holds a position per row of `all`: this file's from base_ on.
   ManifestEntries(stream::TensorTable& all, std::vector<uint64_t>& begins, stream::SharedString source)
       : all_(all), base_(all.size()), begins_(begins), source_(std::move(source)) {}
   void reserve(size_t n) override {
-    begins_.reserve(n + 1);  // and the data section's end
-    ends_.reserve(n);
+    begins_.reserve(base_ + n);
+    lengths_.reserve(n);
   }
   void add(safetensors::TensorEntry&& e) override {
     all_.add(e.name, e.dtype, e.shape, source_);  // its size is checked before the table is used
+    if (e.end >= e.begin && e.end - e.begin < kLong) {
+      lengths_.push_back(static_cast<uint32_t>(e.end - e.begin));
+    } else {
+      lengths_.push_back(kLong);
+      long_ends_.emplace_back(static_cast<uint32_t>(size()), e.end);
+    }
     begins_.push_back(e.begin);
-    ends_.push_back(e.end);
   }
-  size_t size() const override { return begins_.size(); }
+  size_t size() const override { return begins_.size() - base_; }
   std::string_view name(size_t i) const override { return all_.name(base_ + i); }
   Dtype dtype(size_t i) const override { return all_.dtype(base_ + i); }
   const Shape& shape(size_t i) const override { return all_.shape(base_ + i); }
-  uint64_t begin(size_t i) const override { return begins_[i]; }
-  uint64_t end(size_t i) const override { return ends_[i]; }
+  uint64_t begin(size_t i) const override { return begins_[base_ + i]; }
+  uint64_t end(size_t i) const override {
+    if (lengths_[i] != kLong) return begin(i) + lengths_[i];
+    const auto it = std::lower_bound(long_ends_.begin(), long_ends_.end(), std::pair<uint32_t, uint64_t>(static_cast<uint32_t>(i), 0));
+    return it->second;
+  }
   void reorder(const std::vector<uint32_t>& order) override {
     all_.reorder_from(base_, order);
-    stream::permute_in_place(order, [&](size_t j) -> uint64_t& { return begins_[j]; });
-    stream::permute_in_place(order, [&](size_t j) -> uint64_t& { return ends_[j]; });
+    stream::permute_in_place(order, [&](size_t j) -> uint64_t& { return begins_[base_ + j]; });
+    stream::permute_in_place(order, [&](size_t j) -> uint32_t& { return lengths_[j]; });
+    if (!long_ends_.empty()) {  // their positions move too
+      std::vector<uint32_t> now(order.size());
+      for (uint32_t j = 0; j < order.size(); ++j) now[order[j]] = j;
+      for (auto& [at, end] : long_ends_) at = now[at];
+      std::sort(long_ends_.begin(), long_ends_.end());
+    }
   }
 
  private:
+  // An entry's length in 4 bytes (its end is begin + length); a longer one
+  // (a tensor of 4 GiB or more) or a reversed one keeps its end apart.
+  static constexpr uint32_t kLong = UINT32_MAX;
   stream::TensorTable& all_;
   size_t base_;
   std::vector<uint64_t>& begins_;
-  std::vector<uint64_t> ends_;
+  std::vector<uint32_t> lengths_;
+  std::vector<std::pair<uint32_t, uint64_t>> long_ends_;  // (position, end), by position
   stream::SharedString source_;
 };
 
@@ -125,24 +145,22 @@ SafetensorsSource::SafetensorsSource(model_input::ModelInput input, const ListOp
   }
   // Every header first: a bad shard or index fails before any output.
   stream::TensorTable all;
-  std::vector<Ref> all_refs;
+  Places at;
+  if (input_.files.size() > UINT16_MAX + 1) fail("a model of more than 65536 files is not supported");
   for (uint32_t s = 0; s < input_.files.size(); ++s) {
     Shard shard;
     shard.file = std::make_unique<io::InputFile>(input_.files[s]);
-    // Name and shape go to the manifest's table as the header is read; the
-    // shard keeps where the bytes are.
-    {
-      ManifestEntries entries(all, shard.begins, stream::SharedString(paths::absolute(input_.files[s])));
-      shard.header = safetensors::read_header_into(*shard.file, entries);
-    }
-    shard.begins.push_back(shard.header.data_size);  // the entries tile the data section
-    all_refs.reserve(all.size());
-    for (uint32_t e = 0; e + 1 < shard.begins.size(); ++e) all_refs.push_back({s, e});
+    // Name and shape go to the manifest's table as the header is read,
+    // where the bytes begin to `at`.
+    ManifestEntries entries(all, at.begin, stream::SharedString(paths::absolute(input_.files[s])));
+    shard.header = safetensors::read_header_into(*shard.file, entries);
+    if (input_.files.size() > 1) at.shard.resize(all.size(), static_cast<uint16_t>(s));
     shards_.push_back(std::move(shard));
   }
-  if (input_.files.size() > 1) drop_repeated_tensors(all, all_refs);  // read_header() refuses them within a file
+  if (input_.files.size() > 1) drop_repeated_tensors(all, at);  // read_header() refuses them within a file
   const auto problems = model_input::index_problems(
-      input_, all.size(), [&](size_t i) { return all.name(i); }, [&](size_t i) { return all_refs[i].shard; });
+      input_, all.size(), [&](size_t i) { return all.name(i); },
+      [&](size_t i) -> uint32_t { return at.shard.empty() ? 0 : at.shard[i]; });
   input_.weight_map.clear();  // needed for the index check only: a million names
   if (!problems.empty() && !opt.lenient_index)
     fail(problems.front() + (problems.size() > 1 ? " (and " + std::to_string(problems.size() - 1) + " more problems)" : ""));
@@ -153,15 +171,16 @@ SafetensorsSource::SafetensorsSource(model_input::ModelInput input, const ListOp
     if (kept.empty() && !all.empty())
       fail(input_.files.size() == 1 ? input_.files[0] + ": no tensor matches the --include/--exclude patterns"
                                    : "no tensor of the model matches the --include/--exclude patterns");
-    keep_only(all, all_refs, kept);
+    keep_only(all, at, kept);
   }
   {
     const std::vector<uint32_t> order = scales::scales_first_order(all);
     all.reorder_from(0, order);
-    stream::permute_in_place(order, [&](size_t j) -> Ref& { return all_refs[j]; });
+    stream::permute_in_place(order, [&](size_t j) -> uint64_t& { return at.begin[j]; });
+    if (!at.shard.empty()) stream::permute_in_place(order, [&](size_t j) -> uint16_t& { return at.shard[j]; });
   }
   manifest_.tensors = std::move(all);
-  refs_ = std::move(all_refs);
+  at_ = std::move(at);
   manifest_.producer = std::string("st-list ") + ST_VERSION;
   manifest_.metadata = shards_.front().header.metadata;
   if (!opt.headers_only) manifest_.quantization_config = model_config::read_quantization_config(input_.files.front());
@@ -188,7 +207,7 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
   // waits in memory.
   struct HashState {
     std::unique_ptr<sha256::InOrderHasher> sha;
-    std::map<uint64_t, uint32_t> skipped;  // file offset -> header index
+    std::map<uint64_t, Span> skipped;      // file offset -> where a left-out tensor is
     bool catching_up = false;              // a loop, not a recursion, over skipped runs
   };
   std::vector<HashState> hs(shards_.size());
@@ -214,31 +233,26 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
     if (h.catching_up) return;
     h.catching_up = true;
     for (auto it = h.skipped.find(h.sha->covered()); it != h.skipped.end(); it = h.skipped.find(h.sha->covered())) {
-      const uint32_t e = it->second;
+      const Span left_out = it->second;
       h.skipped.erase(it);
-      read(s, shards_[s].span(e), [](std::span<const uint8_t>) {});
+      read(s, left_out, [](std::span<const uint8_t>) {});
     }
     h.catching_up = false;
   };
   if (hashing) {
-    std::vector<std::vector<bool>> streamed(shards_.size());  // a bit a tensor, not a set of a million pairs
-    for (uint32_t s = 0; s < shards_.size(); ++s) streamed[s].resize(shards_[s].count());
-    for (const Ref& r : refs_) streamed[r.shard][r.entry] = true;
+    for (const auto& [name, place] : left_out_)  // what is not streamed
+      if (place.span.nbytes() > 0) hs[place.shard].skipped.emplace(shards_[place.shard].header.data_start + place.span.begin, place.span);
     for (uint32_t s = 0; s < shards_.size(); ++s) {
       const Shard& sh = shards_[s];
       hs[s].sha = std::make_unique<sha256::InOrderHasher>();
       std::vector<uint8_t> head(sh.header.data_start);
       sh.file->pread_exact(0, head.data(), head.size());
       hs[s].sha->feed(0, head);
-      for (uint32_t e = 0; e < sh.count(); ++e)
-        if (!streamed[s][e] && sh.span(e).nbytes() > 0)
-          hs[s].skipped.emplace(sh.header.data_start + sh.span(e).begin, e);
       catch_up(s);
     }
   }
-  for (size_t i = 0; i < refs_.size(); ++i) {
-    const Ref r = refs_[i];
-    read(r.shard, shards_[r.shard].span(r.entry),
+  for (size_t i = 0; i < at_.begin.size(); ++i) {
+    read(shard_of(i), span_of(i),
          [&](std::span<const uint8_t> b) { w.data(static_cast<uint32_t>(i), b); });
     w.end_tensor(static_cast<uint32_t>(i));
   }
@@ -256,13 +270,13 @@ std::vector<std::string> SafetensorsSource::write_stream(stream::Writer& w) cons
 // A tensor in two shards: refused, or with --lenient-index (st-scales)
 // reported and left out, the first one kept. Found by sorting positions (4
 // bytes a tensor), not with a map of every name; reported in file order.
-void SafetensorsSource::drop_repeated_tensors(stream::TensorTable& all, std::vector<Ref>& refs) {
+void SafetensorsSource::drop_repeated_tensors(stream::TensorTable& all, Places& at) {
   const auto repeats =  // (a later copy, the first), in file order
       safetensors::repeats_by_name(all.size(), [&](size_t i) { return all.name(i); });
   if (repeats.empty()) return;
   for (const auto& [later, first] : repeats) {
-    const std::string msg = input_.files[refs[later].shard] + ": tensor " + json::quote(all[later].name) + " is also in " +
-                            input_.files[refs[first].shard] + "; a model holds each tensor once";
+    const std::string msg = input_.files[at.shard[later]] + ": tensor " + json::quote(all[later].name) + " is also in " +
+                            input_.files[at.shard[first]] + "; a model holds each tensor once";
     if (!opt_.lenient_index) fail(msg);
     index_problems_.push_back({scales::kIndexMismatch, "", msg});
   }
@@ -272,24 +286,28 @@ void SafetensorsSource::drop_repeated_tensors(stream::TensorTable& all, std::vec
     if (r < repeats.size() && repeats[r].first == i) ++r;
     else kept.push_back(i);
   }
-  keep_only(all, refs, kept);
+  keep_only(all, at, kept);
 }
 
 // Keeps all[kept[j]] (kept ascending) at position j, in place: a header
 // may list a million tensors. A tensor left out keeps its name in
 // left_out_ (read_tensor finds it there).
-void SafetensorsSource::keep_only(stream::TensorTable& all, std::vector<Ref>& refs,
-                                  const std::vector<uint32_t>& kept) {
+void SafetensorsSource::keep_only(stream::TensorTable& all, Places& at, const std::vector<uint32_t>& kept) {
   if (kept.size() == all.size()) return;  // kept ascending: all of them, in order
   for (size_t i = 0, k = 0; i < all.size(); ++i) {
     if (k < kept.size() && kept[k] == i) {
       ++k;
       continue;
     }
-    left_out_.emplace_back(std::string(all.name(i)), refs[i]);
+    const uint32_t shard = at.shard.empty() ? 0 : at.shard[i];
+    left_out_.emplace_back(std::string(all.name(i)), Place{shard, Span{at.begin[i], at.begin[i] + all.nbytes(i)}});
   }
-  for (size_t j = 0; j < kept.size(); ++j) refs[j] = refs[kept[j]];
-  refs.resize(kept.size());
+  for (size_t j = 0; j < kept.size(); ++j) {
+    at.begin[j] = at.begin[kept[j]];
+    if (!at.shard.empty()) at.shard[j] = at.shard[kept[j]];
+  }
+  at.begin.resize(kept.size());
+  if (!at.shard.empty()) at.shard.resize(kept.size());
   all.reorder_from(0, kept);
 }
 
@@ -304,11 +322,10 @@ std::vector<uint8_t> SafetensorsSource::read_tensor(const std::string& name) con
   // Made at the first call: a stream (st-list's usual work) never needs it.
   std::call_once(index_made_, [&] { index_ = std::make_unique<stream::NameIndex>(manifest_.tensors); });
   if (const long i = index_->find(name); i >= 0) {
-    const Ref r = refs_[static_cast<size_t>(i)];
-    return read(shards_[r.shard], shards_[r.shard].span(r.entry));
+    return read(shards_[shard_of(static_cast<size_t>(i))], span_of(static_cast<size_t>(i)));
   }
-  for (const auto& [n, r] : left_out_)  // a tensor --include/--exclude left out
-    if (n == name) return read(shards_[r.shard], shards_[r.shard].span(r.entry));
+  for (const auto& [n, place] : left_out_)  // a tensor --include/--exclude left out
+    if (n == name) return read(shards_[place.shard], place.span);
   throw Error("internal: no tensor " + name);
 }
 

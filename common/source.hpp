@@ -74,25 +74,29 @@ class SafetensorsSource {
   struct Shard {
     std::unique_ptr<io::InputFile> file;
     safetensors::HeaderInfo header;  // metadata and where the data starts
-    // Where each header entry's bytes begin, in data order, and the data
-    // section's size last: entry e is [begins[e], begins[e+1]).
-    std::vector<uint64_t> begins;
-    size_t count() const { return begins.size() - 1; }
-    Span span(size_t e) const { return {begins[e], begins[e + 1]}; }
   };
-  struct Ref {
+  // Where a table's tensors are, by position: where each one's bytes begin
+  // in its file's data section (it ends its size later), and which file
+  // holds it (none for one file: 8 bytes a tensor, not 16).
+  struct Places {
+    std::vector<uint64_t> begin;
+    std::vector<uint16_t> shard;  // empty for one file
+  };
+  struct Place {
     uint32_t shard;
-    uint32_t entry;  // index in that shard's header
+    Span span;
   };
-  void drop_repeated_tensors(stream::TensorTable& all, std::vector<Ref>& refs);
-  void keep_only(stream::TensorTable& all, std::vector<Ref>& refs, const std::vector<uint32_t>& kept);
+  void drop_repeated_tensors(stream::TensorTable& all, Places& at);
+  void keep_only(stream::TensorTable& all, Places& at, const std::vector<uint32_t>& kept);
+  uint32_t shard_of(size_t i) const { return at_.shard.empty() ? 0 : at_.shard[i]; }
+  Span span_of(size_t i) const { return {at_.begin[i], at_.begin[i] + manifest_.tensors.nbytes(i)}; }
 
   model_input::ModelInput input_;
   ListOptions opt_;
   std::vector<Shard> shards_;
   stream::Manifest manifest_;
-  std::vector<Ref> refs_;  // manifest index -> where its bytes are
-  std::vector<std::pair<std::string, Ref>> left_out_;  // tensors --include/--exclude left out (read_tensor)
+  Places at_;  // by manifest index
+  std::vector<std::pair<std::string, Place>> left_out_;  // tensors --include/--exclude left out (read_tensor)
   mutable std::once_flag index_made_;
   mutable std::unique_ptr<stream::NameIndex> index_;  // for read_tensor: a report reads every scale
   std::vector<stream::MatchProblem> index_problems_;
