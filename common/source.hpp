@@ -96,7 +96,9 @@ class SafetensorsSource {
   std::vector<Shard> shards_;
   stream::Manifest manifest_;
   Places at_;  // by manifest index
-  std::vector<std::pair<std::string, Place>> left_out_;  // tensors --include/--exclude left out (read_tensor)
+  // Tensors not streamed: left out by --include/--exclude, or repeats
+  // dropped under --lenient-index (read_tensor, and --sha256 reads them).
+  std::vector<std::pair<std::string, Place>> left_out_;
   mutable std::once_flag index_made_;
   mutable std::unique_ptr<stream::NameIndex> index_;  // for read_tensor: a report reads every scale
   std::vector<stream::MatchProblem> index_problems_;
