@@ -32,8 +32,8 @@ mkdir -p "$work"
 if [ $short = 1 ]; then
   in=$work/short-$count.safetensors
   tensors=$((count * 3))
-  # The header in data order, as the reference writer would not sort it:
-  # st-list reads any order; this one needs no sort.
+  # The header lists the tensors in data order (the reference writer would
+  # sort them by dtype, then name); st-list reads either order.
   [ -f "$in" ] || python3 - "$count" "$in" <<'EOF'
 import struct, sys
 n, out = int(sys.argv[1]), sys.argv[2]
