@@ -242,12 +242,7 @@ Summary run(stream::Reader& in, stream::Writer& out, const Options& opt, const W
   auto slot_of = [&](size_t scale) {
     return static_cast<size_t>(std::lower_bound(held_at.begin(), held_at.end(), scale) - held_at.begin());
   };
-  // How each held scale's bytes decode: its dtype, or the pairing's
-  // scale_format (U8 exponents are F8_E8M0), as scales::scale_decode_formats.
-  std::vector<Dtype> slot_format(nslots);
-  for (size_t j = 0; j < nslots; ++j) slot_format[j] = m.tensors.dtype(held_at[j]);
-  for (const auto& p : mt.pairs)
-    if (p.has_scale()) slot_format[slot_of(static_cast<size_t>(p.scale))] = p.scale_format;
+  const std::vector<Dtype> slot_format = scales::scale_decode_formats(m, mt, held_at);
   Summary sum;
   // Which input tensors are written: the output is the input in order,
   // less the dropped ones, so an output index is a count as they arrive.

@@ -790,11 +790,15 @@ void validate(const stream::Manifest& m, const Matching& mt) {
     fail("stream matching gives two output tensors the name " + json::quote(out.name(r->second)));
 }
 
-std::vector<Dtype> scale_decode_formats(const stream::Manifest& m, const Matching& mt) {
-  std::vector<Dtype> formats;
-  for (const auto& t : m.tensors) formats.push_back(t.dtype);
-  for (const auto& p : mt.pairs)
-    if (p.has_scale() && static_cast<size_t>(p.scale) < formats.size()) formats[static_cast<size_t>(p.scale)] = p.scale_format;
+std::vector<Dtype> scale_decode_formats(const stream::Manifest& m, const Matching& mt,
+                                        const std::vector<uint32_t>& positions) {
+  std::vector<Dtype> formats(positions.size());
+  for (size_t j = 0; j < positions.size(); ++j) formats[j] = m.tensors.dtype(positions[j]);
+  for (const auto& p : mt.pairs) {
+    if (!p.has_scale()) continue;
+    const auto it = std::lower_bound(positions.begin(), positions.end(), static_cast<uint32_t>(p.scale));
+    if (it != positions.end() && *it == static_cast<uint32_t>(p.scale)) formats[static_cast<size_t>(it - positions.begin())] = p.scale_format;
+  }
   return formats;
 }
 

@@ -99,11 +99,12 @@ std::optional<stream::ScalePairing> infer_layout(const std::vector<uint64_t>& we
 // not trusted to index scales safely). Throws st::Error.
 void validate(const stream::Manifest& m, const stream::Matching& mt);
 
-// How each tensor's bytes decode when it is read as a scale, by manifest
-// index: the pairing's scale_format for a paired scale (U8 exponents are
-// F8_E8M0), the tensor's own dtype otherwise (second factors, report-only
-// lookups).
-std::vector<Dtype> scale_decode_formats(const stream::Manifest& m, const stream::Matching& mt);
+// How the bytes of the tensors at `positions` (manifest indexes, in
+// ascending order) decode when read as scales, one for each: the pairing's
+// scale_format for a paired scale (U8 exponents are F8_E8M0), the tensor's
+// own dtype otherwise (second factors).
+std::vector<Dtype> scale_decode_formats(const stream::Manifest& m, const stream::Matching& mt,
+                                        const std::vector<uint32_t>& positions);
 
 // Fatal problems (st-dequant refuses to convert); with strict, an FP8
 // weight without a scale is fatal too.

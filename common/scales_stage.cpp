@@ -1,5 +1,6 @@
 #include "scales_stage.hpp"
 
+#include <algorithm>
 #include <unordered_map>
 
 #include "error.hpp"
@@ -14,13 +15,26 @@ namespace {
 // Scale values for the report: decoded as the pairing says (one lookup per scale).
 class ScaleDecoder {
  public:
-  ScaleDecoder(const stream::Manifest& m, const stream::Matching& mt) : formats_(scale_decode_formats(m, mt)) {}
+  ScaleDecoder(const stream::Manifest& m, const stream::Matching& mt)
+      : scales_(paired_scales(mt)), formats_(scale_decode_formats(m, mt, scales_)) {}
   std::vector<float> operator()(size_t scale, const std::vector<uint8_t>& bytes) const {
-    const Dtype d = formats_.at(scale);
+    const auto it = std::lower_bound(scales_.begin(), scales_.end(), static_cast<uint32_t>(scale));
+    if (it == scales_.end() || *it != scale) return {};
+    const Dtype d = formats_[static_cast<size_t>(it - scales_.begin())];
     return fp8::is_scale_dtype(d) ? fp8::decode_scales(d, bytes) : std::vector<float>{};
   }
 
  private:
+  // The positions of the pairs' scales, ascending (the report asks for no other).
+  static std::vector<uint32_t> paired_scales(const stream::Matching& mt) {
+    std::vector<uint32_t> s;
+    for (const auto& p : mt.pairs)
+      if (p.has_scale()) s.push_back(static_cast<uint32_t>(p.scale));
+    std::sort(s.begin(), s.end());
+    s.erase(std::unique(s.begin(), s.end()), s.end());
+    return s;
+  }
+  std::vector<uint32_t> scales_;
   std::vector<Dtype> formats_;
 };
 
