@@ -606,9 +606,7 @@ NameIndex::NameIndex(const TensorTable& tensors)
       by_name_(safetensors::positions_by_name(tensors.size(), [&](size_t i) { return tensors.name(i); })) {}
 
 long NameIndex::find(std::string_view name) const {
-  auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name,
-                             [&](uint32_t a, std::string_view n) { return tensors_.name(a) < n; });
-  return it != by_name_.end() && tensors_.name(*it) == name ? static_cast<long>(*it) : -1;
+  return safetensors::find_by_name(by_name_, [&](size_t i) { return tensors_.name(i); }, name);
 }
 
 size_t NameIndex::position(std::string_view name) const {

@@ -171,11 +171,6 @@ std::vector<std::string> index_problems(const ModelInput& in, size_t count,
   const std::vector<uint32_t> held = safetensors::positions_by_name(count, name);
   auto listed_name = [&](size_t i) { return in.weight_map.tensor(i); };
   const std::vector<uint32_t> listed = safetensors::positions_by_name(in.weight_map.size(), listed_name);
-  // The position with name t in by_name (sorted by name_of), or -1.
-  auto find = [](const std::vector<uint32_t>& by_name, const auto& name_of, std::string_view t) -> long {
-    auto it = std::lower_bound(by_name.begin(), by_name.end(), t, [&](uint32_t k, std::string_view n) { return name_of(k) < n; });
-    return it != by_name.end() && name_of(*it) == t ? static_cast<long>(*it) : -1;
-  };
   std::vector<bool> exists(in.map_files.size());
   for (size_t k = 0; k < exists.size(); ++k) {
     struct stat sb;
@@ -186,7 +181,7 @@ std::vector<std::string> index_problems(const ModelInput& in, size_t count,
     if (!exists[id]) continue;  // a missing shard is reported once, by missing_shards
     const std::string& map_file = in.map_files[id];
     const std::string_view t = in.weight_map.tensor(e);
-    const long k = find(held, name, t);
+    const long k = safetensors::find_by_name(held, name, t);
     if (k < 0)
       out.push_back(in.index + ": names tensor " + json::quote(t) + " in " + paths::base_name(map_file) +
                     ", which does not hold it");
@@ -196,7 +191,7 @@ std::vector<std::string> index_problems(const ModelInput& in, size_t count,
   }
   for (size_t k = 0; k < count; ++k) {
     const std::string_view n = name(k);
-    if (find(listed, listed_name, n) < 0) out.push_back(in.files[file(k)] + ": tensor " + json::quote(n) + " is not in the index " + paths::base_name(in.index));
+    if (safetensors::find_by_name(listed, listed_name, n) < 0) out.push_back(in.files[file(k)] + ": tensor " + json::quote(n) + " is not in the index " + paths::base_name(in.index));
   }
   return out;
 }

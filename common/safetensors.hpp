@@ -125,6 +125,15 @@ std::vector<uint32_t> positions_by_name(size_t n, NameOf name_of) {
   return by_name;
 }
 
+// The first position named t in by_name (positions_by_name's result for
+// the same name_of), or -1.
+template <class NameOf>
+long find_by_name(const std::vector<uint32_t>& by_name, NameOf name_of, std::string_view t) {
+  const auto it = std::lower_bound(by_name.begin(), by_name.end(), t,
+                                   [&](uint32_t k, std::string_view n) { return name_of(k) < n; });
+  return it != by_name.end() && name_of(*it) == t ? static_cast<long>(*it) : -1;
+}
+
 // Every position whose name an earlier position had, as (that later
 // position, the first position with the name), in position order. Found by
 // sorting positions, not with a set.
