@@ -547,7 +547,7 @@ class ManifestHandler {
       return fail(where + ": nbytes does not match dtype and shape");
     if (cur_.source == Got::Wrong) return fail(where + " source is not a string");
     try {
-      out_.push_back(info);
+      out_.add(info.name, info.dtype, info.shape, info.source);  // its size was checked just above
     } catch (const Error& e) {  // more sources than a table holds
       return fail(e.what());
     }
