@@ -450,11 +450,8 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     }
     if (cands.size() == 1) {
       const Candidate& c = cands[0];
-      // Each looked up once: a model may pair a million.
-      const size_t si = by_name.position(c.scale);
-      const int32_t s2i = c.second.empty() ? ScalePairing::kNone : static_cast<int32_t>(by_name.position(c.second));
-      const TensorView s = tensors[si];
-      role[si] |= kUsed;
+      const TensorView s = by_name.at(c.scale);
+      mark(s.name, kUsed);
       std::string why;
       std::optional<ScalePairing> got = infer_layout(w.shape, s.shape, block, &why, sizes.group, block_given);
       Dtype scale_format = s.dtype;
@@ -486,9 +483,9 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
         why = "scale " + c.scale + " has dtype " + std::string(dtype_name(s.dtype)) +
               " (scales must be F32, BF16, F16, F8_E8M0, or U8 exponents of 1x32 groups)";
       }
-      if (got && s2i != ScalePairing::kNone) {
-        const TensorView s2 = tensors[static_cast<size_t>(s2i)];
-        role[static_cast<size_t>(s2i)] |= kUsed;
+      if (got && !c.second.empty()) {
+        const TensorView s2 = by_name.at(c.second);
+        mark(s2.name, kUsed);
         if (numel(s2.shape) != 1 || !fp8::is_scale_dtype(s2.dtype)) {
           got.reset();
           why = "second scale " + c.second + " is not a single F32/BF16/F16 value";
@@ -501,17 +498,17 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
       ScalePairing p = *got;
       p.weight = wi;
       p.format = *format;
-      p.scale = static_cast<int32_t>(si);
+      p.scale = static_cast<int32_t>(by_name.position(c.scale));
       p.scale_format = scale_format;
-      p.scale2 = s2i;
+      if (!c.second.empty()) p.scale2 = static_cast<int32_t>(by_name.position(c.second));
       p.convention = c.row->name;
       if (!c.output.empty() && c.output != w.name) {  // "" would mean the weight's own name
         p.output = static_cast<int32_t>(mt.outputs.size());
         mt.outputs.push_back(c.output);
       }
       pair = std::move(p);
-      role[si] |= kDropped;
-      if (s2i != ScalePairing::kNone) role[static_cast<size_t>(s2i)] |= kDropped;
+      drop(s.name);
+      if (!c.second.empty()) drop(c.second);
     } else {
       problem(kNoScale, w.name, "no scale found; cast with scale 1");
     }
