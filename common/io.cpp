@@ -33,18 +33,58 @@ void Sink::write(const void* p, size_t n) {
 
 size_t Source::splice_some(int, const std::string&, uint64_t, size_t) { return 0; }
 
-FdSource::FdSource(int fd, std::string name) : fd_(fd), name_(std::move(name)) {
-  grow_pipe(fd);
+namespace {
+
+// Splicing is for pipes, and ST_NO_SPLICE turns it off (to measure what it gives).
+bool may_splice(int fd) {
 #ifdef SPLICE_F_MOVE
   struct stat sb;
   const char* off = std::getenv("ST_NO_SPLICE");
-  splice_ = (!off || !*off) && ::fstat(fd, &sb) == 0 && S_ISFIFO(sb.st_mode);
+  return (!off || !*off) && ::fstat(fd, &sb) == 0 && S_ISFIFO(sb.st_mode);
+#else
+  (void)fd;
+  return false;
 #endif
+}
+
+}  // namespace
+
+StagingPipe::~StagingPipe() {
+  if (r >= 0) ::close(r);
+  if (w >= 0) ::close(w);
+}
+
+bool StagingPipe::open() {
+#ifdef SPLICE_F_MOVE
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return false;
+  r = fds[0];
+  w = fds[1];
+  grow_pipe(w);
+  return true;
+#else
+  return false;
+#endif
+}
+
+FdSource::FdSource(int fd, std::string name) : fd_(fd), name_(std::move(name)), splice_(may_splice(fd)) {
+  grow_pipe(fd);
 }
 
 size_t FdSource::splice_some(int fd, const std::string& fd_name, uint64_t offset, size_t n) {
 #ifdef SPLICE_F_MOVE
-  if (splice_) {
+  if (splice_ && (stage_.is_open() || stage_.open())) {
+    for (;;) {  // into the staging pipe: only references move, so the writer at the other end never waits on a copy
+      const ssize_t r = ::splice(fd_, nullptr, stage_.w, nullptr, n, SPLICE_F_MOVE);
+      if (r >= 0) {
+        unstage_to_file(fd, fd_name, offset, static_cast<size_t>(r));
+        return static_cast<size_t>(r);
+      }
+      if (errno == EINTR) continue;
+      if (errno == EINVAL || errno == ENOSYS) break;  // read() from now on
+      fail(name_ + ": read failed: " + errno_text(errno));
+    }
+  } else if (splice_) {
     loff_t pos = static_cast<loff_t>(offset);
     for (;;) {
       const ssize_t r = ::splice(fd_, nullptr, fd, &pos, n, SPLICE_F_MOVE);
@@ -61,6 +101,41 @@ size_t FdSource::splice_some(int fd, const std::string& fd_name, uint64_t offset
 #endif
   splice_ = false;
   return 0;
+}
+
+void FdSource::unstage_to_file(int fd, const std::string& fd_name, uint64_t offset, size_t n) {
+#ifdef SPLICE_F_MOVE
+  loff_t pos = static_cast<loff_t>(offset);
+  while (n > 0 && splice_) {
+    const ssize_t r = ::splice(stage_.r, nullptr, fd, &pos, n, SPLICE_F_MOVE);
+    if (r > 0) {
+      n -= static_cast<size_t>(r);
+    } else if (r < 0 && errno == EINTR) {
+      continue;
+    } else if (r < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+      splice_ = false;  // a file system without splice: copy what is staged, read() from now on
+    } else {
+      fail(fd_name + ": write failed: " + errno_text(r < 0 ? errno : EIO));
+    }
+  }
+  std::vector<uint8_t> buf(n > 0 ? size_t{1} << 16 : 0);
+  while (n > 0) {
+    const ssize_t got = ::read(stage_.r, buf.data(), std::min(n, buf.size()));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) fail(name_ + ": read failed: " + errno_text(got < 0 ? errno : EIO));
+    const size_t k = static_cast<size_t>(got);
+    for (size_t done = 0; done < k;) {
+      const ssize_t w = ::pwrite(fd, buf.data() + done, k - done, pos);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) fail(fd_name + ": write failed: " + errno_text(w < 0 ? errno : EIO));
+      done += static_cast<size_t>(w);
+      pos += w;
+    }
+    n -= k;
+  }
+#else
+  (void)fd, (void)fd_name, (void)offset, (void)n;
+#endif
 }
 
 size_t FdSource::read_some(void* buf, size_t n) {
