@@ -33,6 +33,8 @@ void Sink::write(const void* p, size_t n) {
 
 size_t Source::splice_some(int, const std::string&, uint64_t, size_t) { return 0; }
 
+bool Sink::splice_from(int, const std::string&, uint64_t, size_t) { return false; }
+
 namespace {
 
 // Splicing is for pipes, and ST_NO_SPLICE turns it off (to measure what it gives).
@@ -145,6 +147,35 @@ size_t FdSource::read_some(void* buf, size_t n) {
     if (errno == EINTR) continue;
     fail(name_ + ": read failed: " + errno_text(errno));
   }
+}
+
+FdSink::FdSink(int fd, std::string name) : fd_(fd), name_(std::move(name)), splice_(may_splice(fd)) {
+  grow_pipe(fd);
+}
+
+bool FdSink::splice_from(int fd, const std::string& fd_name, uint64_t offset, size_t n) {
+#ifdef SPLICE_F_MOVE
+  if (!splice_) return false;
+  loff_t pos = static_cast<loff_t>(offset);
+  size_t done = 0;
+  while (done < n) {
+    const ssize_t r = ::splice(fd, &pos, fd_, nullptr, n - done, SPLICE_F_MOVE);
+    if (r > 0) {
+      done += static_cast<size_t>(r);
+      continue;
+    }
+    if (r == 0) fail(fd_name + ": file is shorter than when it was opened (changed while being read?)");
+    if (errno == EINTR) continue;
+    if (done == 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) break;  // write() from now on
+    if (errno == EPIPE) throw BrokenPipe();
+    fail(name_ + ": write failed (from " + fd_name + "): " + errno_text(errno));
+  }
+  if (done == n) return true;
+#else
+  (void)fd, (void)fd_name, (void)offset, (void)n;
+#endif
+  splice_ = false;
+  return false;
 }
 
 void FdSink::write(const struct iovec* iov_in, int count) {

@@ -37,6 +37,14 @@ class Sink {
   // Writes all of the buffers, in order.
   virtual void write(const struct iovec* iov, int count) = 0;
   void write(const void* p, size_t n);
+  // Whether splice_from() may send bytes from a file.
+  virtual bool can_splice() const { return false; }
+  // Writes n bytes of the regular file `fd` (named `fd_name` in messages)
+  // from `offset` on without copying them through user space (Linux
+  // splice(2) into a pipe: the pipe takes references to page-cache pages).
+  // Returns false, having written nothing, when the kernel refuses; then
+  // can_splice() becomes false.
+  virtual bool splice_from(int fd, const std::string& fd_name, uint64_t offset, size_t n);
 };
 
 // Makes a pipe's buffer larger (1 MiB, Linux; best effort): fewer context
@@ -83,15 +91,19 @@ class FdSource : public Source {
 
 // EPIPE raises st::BrokenPipe (only seen when SIGPIPE is ignored, e.g. in
 // st-convert's threads); other errors raise st::Error naming the sink.
+// Splices into a pipe unless ST_NO_SPLICE is set, as FdSource.
 class FdSink : public Sink {
  public:
-  FdSink(int fd, std::string name) : fd_(fd), name_(std::move(name)) { grow_pipe(fd); }
+  FdSink(int fd, std::string name);
   void write(const struct iovec* iov, int count) override;
   using Sink::write;
+  bool can_splice() const override { return splice_; }
+  bool splice_from(int fd, const std::string& fd_name, uint64_t offset, size_t n) override;
 
  private:
   int fd_;
   std::string name_;
+  bool splice_ = false;
 };
 
 class MemorySource : public Source {

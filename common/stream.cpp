@@ -107,7 +107,7 @@ void Writer::start_frame(uint8_t* hdr, uint32_t type, uint64_t len) {
   h_->frame.update(hdr, 16);
 }
 
-void Writer::frame(uint32_t type, const struct iovec* parts, int count, int hashed) {
+void Writer::frame(uint32_t type, const struct iovec* parts, int count, int hashed, const FileOrigin* last_from) {
   uint64_t len = 0;
   for (int i = 0; i < count; ++i) len += parts[i].iov_len;
   uint8_t hdr[kFrameHeaderBytes];
@@ -120,7 +120,14 @@ void Writer::frame(uint32_t type, const struct iovec* parts, int count, int hash
   for (int i = 0; i < count; ++i) v[n++] = parts[i];
   v[n++] = {const_cast<uint8_t*>(kZeros), padding_for(len)};
   sink_failed_ = true;  // a write that throws may have left half a frame
-  sink_.write(v, n);
+  if (last_from && count > 0 && sink_.can_splice()) {
+    const struct iovec& last = v[n - 2];
+    sink_.write(v, n - 2);
+    if (!sink_.splice_from(last_from->fd, last_from->name, last_from->offset, last.iov_len)) sink_.write(&last, 1);
+    sink_.write(&v[n - 1], 1);
+  } else {
+    sink_.write(v, n);
+  }
   sink_failed_ = false;
   ++frames_;
 }
@@ -171,6 +178,10 @@ void Writer::data(uint32_t index, std::span<const uint8_t> bytes, uint64_t known
   data_frames(index, bytes, bytes.size() <= chunk_bytes_ ? &known_hash : nullptr);
 }
 
+void Writer::data(uint32_t index, std::span<const uint8_t> bytes, const FileOrigin& origin) {
+  data_frames(index, bytes, nullptr, &origin);
+}
+
 uint64_t Writer::current_size() {
   if (!size_known_) {
     size_ = size_at_(current_);
@@ -179,7 +190,9 @@ uint64_t Writer::current_size() {
   return size_;
 }
 
-void Writer::data_frames(uint32_t index, std::span<const uint8_t> bytes, const uint64_t* known_hash) {
+void Writer::data_frames(uint32_t index, std::span<const uint8_t> bytes, const uint64_t* known_hash,
+                         const FileOrigin* origin) {
+  uint64_t from = origin ? origin->offset : 0;
   if (index != current_ || index >= count_) throw Error("internal: stream data out of order");
   if (bytes.size() > current_size() - offset_) throw Error("internal: stream data larger than its tensor");
   while (!bytes.empty()) {
@@ -190,7 +203,14 @@ void Writer::data_frames(uint32_t index, std::span<const uint8_t> bytes, const u
     const uint64_t data_hash = known_hash && n == bytes.size() ? *known_hash : hash::xxh3(bytes.data(), n);
     put_u64(sub + 16, data_hash);
     struct iovec v[2] = {{sub, sizeof sub}, {const_cast<uint8_t*>(bytes.data()), n}};
-    frame(kFrameData, v, 2, 1);  // the data is covered by data_hash
+    // The frame checksum covers the sub-header, data_hash the data.
+    if (origin) {
+      const FileOrigin at{origin->fd, origin->name, from};
+      frame(kFrameData, v, 2, 1, &at);
+      from += n;
+    } else {
+      frame(kFrameData, v, 2, 1);
+    }
     h_->tensor.update(sub + 16, 8);
     offset_ += n;
     data_bytes_ += n;

@@ -20,6 +20,13 @@
 
 namespace st::stream {
 
+// Where bytes given to Writer::data also are: a regular file, at an offset.
+struct FileOrigin {
+  int fd;
+  const std::string& name;  // for messages
+  uint64_t offset;
+};
+
 class Writer {
  public:
   explicit Writer(io::Sink& sink, size_t chunk_bytes = kDefaultChunkBytes);
@@ -42,17 +49,25 @@ class Writer {
   // Reader checked, passed on unchanged): not hashed again when they fit
   // one frame.
   void data(uint32_t index, std::span<const uint8_t> bytes, uint64_t known_hash);
+  // The same for bytes read from a file (hashed from `bytes`): a sink that
+  // can splice sends them from the file instead (st-list into a pipe), which
+  // saves copying them into the pipe. Should the file change in between,
+  // the next stage reports a data checksum mismatch.
+  void data(uint32_t index, std::span<const uint8_t> bytes, const FileOrigin& origin);
   void end_tensor(uint32_t index);
   void finish();
 
  private:
-  // The frame checksum covers the header and the first `hashed` parts.
-  void frame(uint32_t type, const struct iovec* parts, int count, int hashed);
+  // The frame checksum covers the header and the first `hashed` parts. With
+  // `last_from`, the last part is also in that file and is spliced from it
+  // if the sink can.
+  void frame(uint32_t type, const struct iovec* parts, int count, int hashed, const FileOrigin* last_from = nullptr);
   // Fills the first 16 bytes of a frame header (kFrameHeaderBytes long) and
   // starts the frame checksum over them.
   void start_frame(uint8_t* hdr, uint32_t type, uint64_t len);
   void preamble();
-  void data_frames(uint32_t index, std::span<const uint8_t> bytes, const uint64_t* known_hash);
+  void data_frames(uint32_t index, std::span<const uint8_t> bytes, const uint64_t* known_hash,
+                   const FileOrigin* origin = nullptr);
 
   io::Sink& sink_;
   bool begun_ = false;

@@ -337,26 +337,40 @@ std::vector<Bytes> test_chunks(const Bytes& d) {
   return out;
 }
 
-Bytes write_test_stream() {
+// Where the test data also is: a file holding the tensors' bytes one after
+// another (for Writer::data with a FileOrigin).
+struct DataFile {
+  int fd;
+  std::string name;
+};
+
+// Writes the test stream to `sink`; with `file`, each piece of data is
+// given with its place in that file.
+void write_test_stream_to(st::io::Sink& sink, const DataFile* file) {
   const auto m = test_manifest();
   const auto d = test_data(m);
-  st::io::MemorySink sink;
-  {
-    stream::Writer w(sink, kChunk);
-    w.begin(m);
-    for (uint32_t i = 0; i < d.size(); ++i) {
-      std::span<const uint8_t> all(d[i]);
-      // uneven pieces: 5, 20, rest
-      size_t at = 0;
-      for (size_t piece : {size_t(5), size_t(20), all.size()}) {
-        const size_t n = std::min(piece, all.size() - at);
-        if (n) w.data(i, all.subspan(at, n));
-        at += n;
-      }
-      w.end_tensor(i);
+  stream::Writer w(sink, kChunk);
+  w.begin(m);
+  uint64_t base = 0;
+  for (uint32_t i = 0; i < d.size(); ++i) {
+    std::span<const uint8_t> all(d[i]);
+    // uneven pieces: 5, 20, rest
+    size_t at = 0;
+    for (size_t piece : {size_t(5), size_t(20), all.size()}) {
+      const size_t n = std::min(piece, all.size() - at);
+      if (n && file) w.data(i, all.subspan(at, n), stream::FileOrigin{file->fd, file->name, base + at});
+      else if (n) w.data(i, all.subspan(at, n));
+      at += n;
     }
-    w.finish();
+    base += all.size();
+    w.end_tensor(i);
   }
+  w.finish();
+}
+
+Bytes write_test_stream() {
+  st::io::MemorySink sink;
+  write_test_stream_to(sink, nullptr);
   return sink.bytes;
 }
 
@@ -1304,7 +1318,67 @@ Bytes splice_through_pipe(const Bytes& stream_bytes, std::vector<bool>& pieces, 
   return out;
 }
 
+// The test data in a temp file (unlinked; closed by the caller), with one
+// byte flipped at `flip` if given.
+DataFile test_data_file(long flip = -1) {
+  Bytes all;
+  for (const auto& d : test_data(test_manifest())) all.insert(all.end(), d.begin(), d.end());
+  if (flip >= 0) all[size_t(flip)] ^= 0x01;
+  char path[] = "/tmp/st-unit-origin-XXXXXX";
+  const int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  ::unlink(path);
+  REQUIRE(::write(fd, all.data(), all.size()) == ssize_t(all.size()));
+  return {fd, "origin.safetensors"};
+}
+
+// Writes the test stream into a pipe through an FdSink (it fits the pipe)
+// and returns what came out.
+Bytes stream_through_pipe(const DataFile& file) {
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  {
+    st::io::FdSink sink(p[1], "pipe");
+    write_test_stream_to(sink, &file);
+  }
+  ::close(p[1]);
+  Bytes out;
+  uint8_t buf[4096];
+  for (ssize_t r; (r = ::read(p[0], buf, sizeof buf)) > 0;) out.insert(out.end(), buf, buf + r);
+  ::close(p[0]);
+  return out;
+}
+
 }  // namespace
+
+TEST_CASE("Writer sends data from its file by splice into a pipe: the same stream", "[stream][splice]") {
+  const Bytes want = write_test_stream();
+  ::unsetenv("ST_NO_SPLICE");
+  const DataFile same = test_data_file();
+  st::io::MemorySink memory;  // cannot splice: writes the bytes it was given
+  write_test_stream_to(memory, &same);
+  CHECK(memory.bytes == want);
+  CHECK(stream_through_pipe(same) == want);
+  ::close(same.fd);
+
+  // The file's bytes are what goes into the pipe, not the ones hashed: a
+  // file changed between the two gives a stream the next reader refuses.
+  const DataFile changed = test_data_file(30);  // the third byte of the fourth tensor (bytes 28-64)
+  const Bytes got = stream_through_pipe(changed);
+  CHECK(got != want);
+  st::io::MemorySource src(got);
+  CHECK_THROWS_WITH(
+      [&] {
+        stream::Reader r(src, "pipe");
+        while (r.next().kind != stream::Event::Kind::End) {
+        }
+      }(),
+      Catch::Contains("data checksum mismatch"));
+  ::setenv("ST_NO_SPLICE", "1", 1);  // written from memory again
+  CHECK(stream_through_pipe(changed) == want);
+  ::unsetenv("ST_NO_SPLICE");
+  ::close(changed.fd);
+}
 
 TEST_CASE("Reader splices DATA bytes from a pipe and leaves their check to the caller", "[stream][splice]") {
   const auto m = test_manifest();
