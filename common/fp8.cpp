@@ -275,7 +275,7 @@ void count_codes(const uint8_t* in, size_t n, const uint8_t* codes, size_t k, ui
 // scale: the same function of the same inputs, so the bits are identical.
 constexpr size_t kTableRun = 1024;
 
-void convert_table(Kernel k, const std::array<float, 256>& lut, const uint8_t* in, size_t n,
+void convert_table(Kernel k, Dtype fp8, const std::array<float, 256>& lut, const uint8_t* in, size_t n,
                    float scale, Target t, uint8_t* out, Loss& loss) {
   std::array<uint32_t, 256> table;
   std::array<uint8_t, 256> kind;
@@ -285,7 +285,23 @@ void convert_table(Kernel k, const std::array<float, 256>& lut, const uint8_t* i
     kind[c] = classify(lut[c], table[c], t);
     lossy |= kind[c] != kExact;
   }
-  const size_t done = k == Kernel::Avx2 ? simd::lookup_avx2(table.data(), in, n, t, out) : 0;
+  size_t done = 0;
+  uint64_t nan_codes = 0;
+  bool nans_counted = false;  // and no other code loses anything: nothing more to count
+  if (k == Kernel::Avx2) {
+    simd::NibbleTable nt;
+    if (t != Target::F32 && simd::make_nibble_table(fp8, table.data(), nt)) {
+      done = simd::nibble_avx2(fp8, nt, in, n, out, nan_codes);
+      const bool e5m2 = fp8 == Dtype::F8_E5M2;
+      nans_counted = true;
+      for (size_t c = 0; c < 256; ++c)
+        nans_counted &= kind[c] == (simd::is_nan_code(e5m2, static_cast<uint8_t>(c)) ? kNanIn : kExact);
+      if (nans_counted)
+        for (size_t i = done; i < n; ++i) nan_codes += simd::is_nan_code(e5m2, in[i]);
+    } else {
+      done = simd::lookup_avx2(table.data(), in, n, t, out);
+    }
+  }
   if (t == Target::F32) {
     for (size_t i = done; i < n; ++i) store_le(out + 4 * i, table[in[i]]);
   } else {
@@ -296,7 +312,9 @@ void convert_table(Kernel k, const std::array<float, 256>& lut, const uint8_t* i
   // Count the codes that lose something (usually just the two NaN codes)
   // with a byte count per code, which vectorises; a counter bumped per
   // element chains every iteration through memory (measured 5x slower).
-  if (lossy) {
+  if (nans_counted) {
+    loss.nan += nan_codes;
+  } else if (lossy) {
     std::array<uint8_t, 256> lossy_codes;
     size_t k = 0;
     for (size_t c = 0; c < 256; ++c)
@@ -327,6 +345,36 @@ void convert_direct(const std::array<float, 256>& lut, const uint8_t* in, size_t
 }
 
 }  // namespace
+
+namespace simd {
+
+bool make_nibble_table(Dtype fp8, const uint32_t* table, NibbleTable& nt) {
+  const bool e5m2 = fp8 == Dtype::F8_E5M2;
+  if (!e5m2 && fp8 != Dtype::F8_E4M3) return false;
+  nt = NibbleTable{};
+  auto result = [&](unsigned c) { return static_cast<uint16_t>(table[c]); };
+  auto ordinary = [&](unsigned c) {
+    return !is_special(e5m2, static_cast<uint8_t>(c)) && !is_e4m3_nan(e5m2, static_cast<uint8_t>(c));
+  };
+  for (unsigned j = 0; j < 16; ++j) {  // row 1 is ordinary in both formats
+    if (!ordinary(0x10 | j)) return false;
+    nt.lo[j] = result(0x10 | j);
+  }
+  for (unsigned h = 0; h < 16; ++h) {  // each row from one of its ordinary codes
+    unsigned j = 0;
+    while (j < 16 && !ordinary(h << 4 | j)) ++j;
+    if (j == 16) return false;
+    nt.hi[h] = static_cast<uint16_t>(result(h << 4 | j) - nt.lo[j]);
+  }
+  for (unsigned c = 0; c < 256; ++c)
+    if (is_special(e5m2, static_cast<uint8_t>(c))) nt.special[special_index(e5m2, static_cast<uint8_t>(c))] = result(c);
+  if (!e5m2) nt.nan = result(0x7F);
+  for (unsigned c = 0; c < 256; ++c)
+    if (nibble_result(e5m2, nt, static_cast<uint8_t>(c)) != result(c)) return false;
+  return true;
+}
+
+}  // namespace simd
 
 std::string_view kernel_name(Kernel k) {
   switch (k) {
@@ -364,7 +412,7 @@ void convert_run(Kernel k, Dtype fp8, const uint8_t* in, size_t n, float scale, 
   // (measured faster than computing) and computes short ones.
   size_t done = k == Kernel::Neon ? simd::convert_neon(fp8, in, n, scale, t, out, loss) : 0;
   if (n - done >= kTableRun) {
-    convert_table(k, lut, in + done, n - done, scale, t, out + done * ob, loss);
+    convert_table(k, fp8, lut, in + done, n - done, scale, t, out + done * ob, loss);
     return;
   }
   if (k == Kernel::Avx2) done = simd::convert_avx2(fp8, in, n, scale, t, out, loss);

@@ -12,6 +12,7 @@
 
 #include "catch.hpp"
 #include "fp8.hpp"
+#include "fp8_simd.hpp"
 #include "oracle.hpp"
 
 using st::Dtype;
@@ -564,6 +565,9 @@ TEST_CASE("convert_run counts overflow, underflow and NaN as the oracle rounds t
       {Dtype::F8_E4M3, 1e-40f, Target::BF16},   // bf16 underflow
       {Dtype::F8_E5M2, 0.0f, Target::BF16},     // every non-zero finite code underflows, inf*0 is NaN
       {Dtype::F8_E4M3, oracle::inf(), Target::F16},  // 0*inf is NaN, the rest inf from finite
+      {Dtype::F8_E4M3, 0.01f, Target::BF16},    // only the 2 NaN codes (counted by the nibble kernel)
+      {Dtype::F8_E5M2, -0.5f, Target::BF16},    // only the 6 NaN codes
+      {Dtype::F8_E4M3, 2.0f, Target::F16},
   };
   for (const auto& c : cases) {
     INFO(st::dtype_name(c.type) << " x " << c.scale);
@@ -605,7 +609,7 @@ TEST_CASE("convert_run counts overflow, underflow and NaN as the oracle rounds t
       CHECK(odd.overflow == big.overflow);
       CHECK(odd.underflow == big.underflow);
       CHECK(odd.nan == big.nan);
-      if (c.scale > 100 || c.scale < 1e-5f) CHECK(big.overflow + big.underflow > 0);  // not vacuous
+      if (std::fabs(c.scale) > 100 || std::fabs(c.scale) < 1e-5f) CHECK(big.overflow + big.underflow > 0);  // not vacuous
     }
   }
 }
@@ -676,4 +680,98 @@ TEST_CASE("loss counts of long runs equal those of short runs", "[fp8][loss]") {
         CHECK(whole.overflow == pieces.overflow);
         CHECK(whole.underflow == pieces.underflow);
       }
+}
+
+// ------------------------------------------------------------ nibble tables
+
+namespace {
+
+// The 256 results of one scale, from the oracle.
+std::vector<uint32_t> oracle_results(Dtype d, float scale, Target t) {
+  std::vector<uint32_t> r(256);
+  const auto lut = oracle::fp8_table(d);
+  for (int c = 0; c < 256; ++c) {
+    const auto b = expect_bytes(lut[size_t(c)], scale, t);
+    for (size_t k = 0; k < b.size(); ++k) r[size_t(c)] |= uint32_t(b[k]) << (8 * k);
+  }
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("nibble tables are made for ordinary scales and refused for any table they cannot reproduce", "[fp8][kernel]") {
+  namespace simd = st::fp8::simd;
+  // Scales of real checkpoints: every BF16 result is normal or zero, so the
+  // table splits into nibble tables (the AVX2 kernel then looks them up).
+  const float scales[] = {1.0f, 0.01f, -0.37f, 7.0f / 3.0f, p2(-20), 1000.0f, 0.0f};
+  for (Dtype d : {Dtype::F8_E4M3, Dtype::F8_E5M2}) {
+    const bool e5m2 = d == Dtype::F8_E5M2;
+    for (float scale : scales) {
+      INFO(st::dtype_name(d) << " x " << scale);
+      auto table = oracle_results(d, scale, Target::BF16);
+      simd::NibbleTable nt;
+      REQUIRE(simd::make_nibble_table(d, table.data(), nt));
+      for (int c = 0; c < 256; ++c) CHECK(simd::nibble_result(e5m2, nt, uint8_t(c)) == table[size_t(c)]);
+      // One result changed: a special code's is its own entry, so the
+      // change is reproduced; any other is no longer a sum of nibble
+      // entries (nor, for E4M3's NaN codes, equal to the other), and the
+      // table is refused.
+      long wrong = 0;
+      for (int c = 0; c < 256; ++c) {
+        auto changed = table;
+        changed[size_t(c)] ^= 1u << (c % 16);
+        const bool made = simd::make_nibble_table(d, changed.data(), nt);
+        if (simd::is_special(e5m2, uint8_t(c))) wrong += !made || simd::nibble_result(e5m2, nt, uint8_t(c)) != changed[size_t(c)];
+        else wrong += made;
+      }
+      CHECK(wrong == 0);
+    }
+  }
+  // F16 results that are subnormal (a small scale) or infinite (a large
+  // one) do not split: those tables go to the gather.
+  simd::NibbleTable nt;
+  CHECK_FALSE(simd::make_nibble_table(Dtype::F8_E4M3, oracle_results(Dtype::F8_E4M3, 1e-6f, Target::F16).data(), nt));
+  CHECK_FALSE(simd::make_nibble_table(Dtype::F8_E4M3, oracle_results(Dtype::F8_E4M3, 300.0f, Target::F16).data(), nt));
+  CHECK_FALSE(simd::make_nibble_table(Dtype::F8_E4M3FNUZ, oracle_results(Dtype::F8_E4M3FNUZ, 1.0f, Target::BF16).data(), nt));
+}
+
+TEST_CASE("the AVX2 nibble kernel computes nibble_result for every code, and counts NaN codes", "[fp8][kernel]") {
+  namespace simd = st::fp8::simd;
+  const auto ks = fp8::available_kernels();
+  if (std::find(ks.begin(), ks.end(), fp8::Kernel::Avx2) == ks.end()) {
+    SUCCEED("no AVX2 on this CPU: nothing to check");  // the aarch64 and scalar builds
+    return;
+  }
+  std::mt19937_64 rng(20261201);
+  for (int trial = 0; trial < 40; ++trial) {
+    const Dtype d = trial % 2 ? Dtype::F8_E5M2 : Dtype::F8_E4M3;
+    const bool e5m2 = d == Dtype::F8_E5M2;
+    simd::NibbleTable nt;  // arbitrary entries: the kernel must not depend on what they are
+    for (auto* t : {nt.lo, nt.hi, nt.special})
+      for (int j = 0; j < 16; ++j) t[j] = uint16_t(rng());
+    nt.nan = uint16_t(rng());
+    const size_t n = 256 * 3 + size_t(rng() % 200), in_off = rng() % 32, out_off = rng() % 32;
+    std::vector<uint8_t> in(in_off + n);
+    for (size_t i = 0; i < n; ++i) in[in_off + i] = uint8_t(i < 768 ? (i * 97 + size_t(trial)) & 0xFF : rng());
+    std::vector<uint8_t> out(out_off + 2 * n, 0xAB);
+    uint64_t nans = 7;  // added to, not set
+    const size_t done = simd::nibble_avx2(d, nt, in.data() + in_off, n, out.data() + out_off, nans);
+    INFO(st::dtype_name(d) << " trial " << trial << " n=" << n);
+    CHECK(done > n - 32);
+    CHECK(done % 32 == 0);
+    long bad = 0;
+    uint64_t want_nans = 7;
+    for (size_t i = 0; i < done; ++i) {
+      const uint8_t c = in[in_off + i];
+      const uint16_t got = uint16_t(out[out_off + 2 * i] | out[out_off + 2 * i + 1] << 8);
+      bad += got != simd::nibble_result(e5m2, nt, c);
+      want_nans += simd::is_nan_code(e5m2, c);
+    }
+    CHECK(bad == 0);
+    CHECK(nans == want_nans);
+    long clobbered = 0;
+    for (size_t i = 0; i < out_off; ++i) clobbered += out[i] != 0xAB;
+    for (size_t i = out_off + 2 * done; i < out.size(); ++i) clobbered += out[i] != 0xAB;
+    CHECK(clobbered == 0);
+  }
 }
