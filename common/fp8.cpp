@@ -275,8 +275,11 @@ void count_codes(const uint8_t* in, size_t n, const uint8_t* codes, size_t k, ui
 // scale: the same function of the same inputs, so the bits are identical.
 constexpr size_t kTableRun = 1024;
 
-void convert_table(Kernel k, Dtype fp8, const std::array<float, 256>& lut, const uint8_t* in, size_t n,
+// Returns false, having done nothing, where the kernel computes faster
+// than a table can be looked up (NEON, but for the nibble tables).
+bool convert_table(Kernel k, Dtype fp8, const std::array<float, 256>& lut, const uint8_t* in, size_t n,
                    float scale, Target t, uint8_t* out, Loss& loss) {
+  if (k == Kernel::Neon && t == Target::F32) return false;
   std::array<uint32_t, 256> table;
   std::array<uint8_t, 256> kind;
   bool lossy = false;
@@ -288,18 +291,21 @@ void convert_table(Kernel k, Dtype fp8, const std::array<float, 256>& lut, const
   size_t done = 0;
   uint64_t nan_codes = 0;
   bool nans_counted = false;  // and no other code loses anything: nothing more to count
-  if (k == Kernel::Avx2) {
+  if (k == Kernel::Avx2 || k == Kernel::Neon) {
     simd::NibbleTable nt;
     if (t != Target::F32 && simd::make_nibble_table(fp8, table.data(), nt)) {
-      done = simd::nibble_avx2(fp8, nt, in, n, out, nan_codes);
+      done = k == Kernel::Avx2 ? simd::nibble_avx2(fp8, nt, in, n, out, nan_codes)
+                               : simd::nibble_neon(fp8, nt, in, n, out, nan_codes);
       const bool e5m2 = fp8 == Dtype::F8_E5M2;
       nans_counted = true;
       for (size_t c = 0; c < 256; ++c)
         nans_counted &= kind[c] == (simd::is_nan_code(e5m2, static_cast<uint8_t>(c)) ? kNanIn : kExact);
       if (nans_counted)
         for (size_t i = done; i < n; ++i) nan_codes += simd::is_nan_code(e5m2, in[i]);
-    } else {
+    } else if (k == Kernel::Avx2) {
       done = simd::lookup_avx2(table.data(), in, n, t, out);
+    } else {
+      return false;
     }
   }
   if (t == Target::F32) {
@@ -309,9 +315,10 @@ void convert_table(Kernel k, Dtype fp8, const std::array<float, 256>& lut, const
     for (size_t c = 0; c < 256; ++c) table16[c] = static_cast<uint16_t>(table[c]);
     for (size_t i = done; i < n; ++i) store_le(out + 2 * i, table16[in[i]]);
   }
-  // Count the codes that lose something (usually just the two NaN codes)
-  // with a byte count per code, which vectorises; a counter bumped per
-  // element chains every iteration through memory (measured 5x slower).
+  // The nibble kernels counted the NaN codes as they went. Otherwise count
+  // the codes that lose something (usually just the NaN codes) with a byte
+  // count per code, which vectorises; a counter bumped per element chains
+  // every iteration through memory (measured 5x slower).
   if (nans_counted) {
     loss.nan += nan_codes;
   } else if (lossy) {
@@ -330,6 +337,7 @@ void convert_table(Kernel k, Dtype fp8, const std::array<float, 256>& lut, const
     for (size_t c = 0; c < 256; ++c)
       if (hist[c]) add_loss(loss, static_cast<LossKind>(kind[c]), hist[c]);
   }
+  return true;
 }
 
 // Short runs (e.g. one row of a 128x128 scale block): one multiply each.
@@ -408,14 +416,14 @@ void convert_run(Kernel k, Dtype fp8, const uint8_t* in, size_t n, float scale, 
                  uint8_t* out, Loss& loss) {
   const auto& lut = decode_table(fp8);
   const size_t ob = target_bytes(t);
-  // NEON computes every run; AVX2 uses gathers from the table for long runs
-  // (measured faster than computing) and computes short ones.
-  size_t done = k == Kernel::Neon ? simd::convert_neon(fp8, in, n, scale, t, out, loss) : 0;
-  if (n - done >= kTableRun) {
-    convert_table(k, fp8, lut, in + done, n - done, scale, t, out + done * ob, loss);
-    return;
-  }
+  // Long runs go through the table of their scale's 256 results, looked up
+  // by nibbles (AVX2, NEON) or by gathers (AVX2): measured faster than
+  // computing. Short runs, and NEON where the nibble tables cannot be
+  // made, are computed.
+  if (n >= kTableRun && convert_table(k, fp8, lut, in, n, scale, t, out, loss)) return;
+  size_t done = 0;
   if (k == Kernel::Avx2) done = simd::convert_avx2(fp8, in, n, scale, t, out, loss);
+  if (k == Kernel::Neon) done = simd::convert_neon(fp8, in, n, scale, t, out, loss);
   convert_direct(lut, in + done, n - done, scale, t, out + done * ob, loss);
 }
 

@@ -112,7 +112,76 @@ size_t run(const uint8_t* in, size_t n, float scale, uint8_t* out, Loss& loss) {
   return i;
 }
 
+// One byte of 16 table entries, for TBL.
+inline uint8x16_t plane(const uint16_t* t, int shift) {
+  uint8_t b[16];
+  for (int i = 0; i < 16; ++i) b[i] = static_cast<uint8_t>(t[i] >> shift);
+  return vld1q_u8(b);
+}
+
+// 16 codes at a time by TBL lookups from a NibbleTable, as nibbles() in
+// fp8_x86.cpp does with pshufb: each 16-bit result is looked up as its low
+// and its high byte.
+template <bool E5M2>
+size_t nibbles(const NibbleTable& nt, const uint8_t* in, size_t n, uint8_t* out, uint64_t& nan_codes) {
+  const uint8x16_t lo_l = plane(nt.lo, 0), lo_h = plane(nt.lo, 8), hi_l = plane(nt.hi, 0), hi_h = plane(nt.hi, 8);
+  const uint8x16_t sp_l = plane(nt.special, 0), sp_h = plane(nt.special, 8);
+  const uint8x16_t nan_l = vdupq_n_u8(static_cast<uint8_t>(nt.nan)), nan_h = vdupq_n_u8(static_cast<uint8_t>(nt.nan >> 8));
+  uint8x16_t nans = vdupq_n_u8(0);  // byte counters, added up at most every 255 rounds
+  unsigned rounds = 0;
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const uint8x16_t x = vld1q_u8(in + i);
+    const uint8x16_t lo = vandq_u8(x, vdupq_n_u8(0x0F));
+    const uint8x16_t hi = vshrq_n_u8(x, 4);
+    uint8x16_t al = vqtbl1q_u8(lo_l, lo), ah = vqtbl1q_u8(lo_h, lo);
+    uint8x16_t bl = vqtbl1q_u8(hi_l, hi), bh = vqtbl1q_u8(hi_h, hi);
+    // the codes that are not ordinary (is_special, special_index in fp8_simd.hpp)
+    uint8x16_t special, index, nan;
+    if constexpr (E5M2) {
+      const uint8x16_t e = vandq_u8(x, vdupq_n_u8(0x7C));
+      const uint8x16_t top = vceqq_u8(e, vdupq_n_u8(0x7C));
+      special = vorrq_u8(vceqzq_u8(e), top);
+      index = vorrq_u8(vandq_u8(hi, vdupq_n_u8(0x0C)), vandq_u8(x, vdupq_n_u8(3)));
+      nan = vbicq_u8(top, vceqzq_u8(vandq_u8(x, vdupq_n_u8(3))));
+    } else {
+      special = vceqzq_u8(vandq_u8(x, vdupq_n_u8(0x78)));
+      index = vorrq_u8(vandq_u8(hi, vdupq_n_u8(8)), vandq_u8(x, vdupq_n_u8(7)));
+      nan = vceqq_u8(vandq_u8(x, vdupq_n_u8(0x7F)), vdupq_n_u8(0x7F));
+    }
+    al = vbslq_u8(special, vqtbl1q_u8(sp_l, index), al);
+    ah = vbslq_u8(special, vqtbl1q_u8(sp_h, index), ah);
+    uint8x16_t whole = special;  // results that are all in a, none in b
+    if constexpr (!E5M2) {
+      al = vbslq_u8(nan, nan_l, al);
+      ah = vbslq_u8(nan, nan_h, ah);
+      whole = vorrq_u8(whole, nan);
+    }
+    bl = vbicq_u8(bl, whole);
+    bh = vbicq_u8(bh, whole);
+    const uint16x8_t r0 = vaddq_u16(vreinterpretq_u16_u8(vzip1q_u8(al, ah)), vreinterpretq_u16_u8(vzip1q_u8(bl, bh)));
+    const uint16x8_t r1 = vaddq_u16(vreinterpretq_u16_u8(vzip2q_u8(al, ah)), vreinterpretq_u16_u8(vzip2q_u8(bl, bh)));
+    vst1q_u8(out + 2 * i, vreinterpretq_u8_u16(r0));
+    vst1q_u8(out + 2 * i + 16, vreinterpretq_u8_u16(r1));
+    nans = vsubq_u8(nans, nan);  // a mask byte is 0xFF: minus one
+    if (++rounds == 255) {
+      nan_codes += vaddlvq_u8(nans);
+      nans = vdupq_n_u8(0);
+      rounds = 0;
+    }
+  }
+  nan_codes += vaddlvq_u8(nans);
+  return i;
+}
+
 }  // namespace
+
+size_t nibble_neon(Dtype fp8, const NibbleTable& nt, const uint8_t* in, size_t n, uint8_t* out,
+                   uint64_t& nan_codes) {
+  if (fp8 == Dtype::F8_E4M3) return nibbles<false>(nt, in, n, out, nan_codes);
+  if (fp8 == Dtype::F8_E5M2) return nibbles<true>(nt, in, n, out, nan_codes);
+  return 0;
+}
 
 bool neon_supported() { return true; }
 
@@ -130,6 +199,7 @@ size_t convert_neon(Dtype fp8, const uint8_t* in, size_t n, float scale, Target 
 namespace st::fp8::simd {
 bool neon_supported() { return false; }
 size_t convert_neon(Dtype, const uint8_t*, size_t, float, Target, uint8_t*, Loss&) { return 0; }
+size_t nibble_neon(Dtype, const NibbleTable&, const uint8_t*, size_t, uint8_t*, uint64_t&) { return 0; }
 }  // namespace st::fp8::simd
 
 #endif

@@ -76,5 +76,8 @@ size_t nibble_avx2(Dtype fp8, const NibbleTable& nt, const uint8_t* in, size_t n
 bool neon_supported();  // aarch64 (little-endian): always
 size_t convert_neon(Dtype fp8, const uint8_t* in, size_t n, float scale, Target t, uint8_t* out,
                     Loss& loss);
+// nibble_avx2 with TBL.
+size_t nibble_neon(Dtype fp8, const NibbleTable& nt, const uint8_t* in, size_t n, uint8_t* out,
+                   uint64_t& nan_codes);
 
 }  // namespace st::fp8::simd

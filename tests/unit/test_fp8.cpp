@@ -735,14 +735,14 @@ TEST_CASE("nibble tables are made for ordinary scales and refused for any table 
   CHECK_FALSE(simd::make_nibble_table(Dtype::F8_E4M3FNUZ, oracle_results(Dtype::F8_E4M3FNUZ, 1.0f, Target::BF16).data(), nt));
 }
 
-TEST_CASE("the AVX2 nibble kernel computes nibble_result for every code, and counts NaN codes", "[fp8][kernel]") {
+TEST_CASE("the nibble kernels compute nibble_result for every code, and count NaN codes", "[fp8][kernel]") {
   namespace simd = st::fp8::simd;
-  const auto ks = fp8::available_kernels();
-  if (std::find(ks.begin(), ks.end(), fp8::Kernel::Avx2) == ks.end()) {
-    SUCCEED("no AVX2 on this CPU: nothing to check");  // the aarch64 and scalar builds
-    return;
-  }
   std::mt19937_64 rng(20261201);
+  long kernels = 0;
+  for (fp8::Kernel k : fp8::available_kernels()) {
+  if (k == fp8::Kernel::Scalar) continue;
+  ++kernels;
+  const size_t width = k == fp8::Kernel::Avx2 ? 32 : 16;
   for (int trial = 0; trial < 40; ++trial) {
     const Dtype d = trial % 2 ? Dtype::F8_E5M2 : Dtype::F8_E4M3;
     const bool e5m2 = d == Dtype::F8_E5M2;
@@ -755,10 +755,11 @@ TEST_CASE("the AVX2 nibble kernel computes nibble_result for every code, and cou
     for (size_t i = 0; i < n; ++i) in[in_off + i] = uint8_t(i < 768 ? (i * 97 + size_t(trial)) & 0xFF : rng());
     std::vector<uint8_t> out(out_off + 2 * n, 0xAB);
     uint64_t nans = 7;  // added to, not set
-    const size_t done = simd::nibble_avx2(d, nt, in.data() + in_off, n, out.data() + out_off, nans);
-    INFO(st::dtype_name(d) << " trial " << trial << " n=" << n);
-    CHECK(done > n - 32);
-    CHECK(done % 32 == 0);
+    const size_t done = k == fp8::Kernel::Avx2 ? simd::nibble_avx2(d, nt, in.data() + in_off, n, out.data() + out_off, nans)
+                                               : simd::nibble_neon(d, nt, in.data() + in_off, n, out.data() + out_off, nans);
+    INFO(fp8::kernel_name(k) << " " << st::dtype_name(d) << " trial " << trial << " n=" << n);
+    CHECK(done > n - width);
+    CHECK(done % width == 0);
     long bad = 0;
     uint64_t want_nans = 7;
     for (size_t i = 0; i < done; ++i) {
@@ -774,4 +775,9 @@ TEST_CASE("the AVX2 nibble kernel computes nibble_result for every code, and cou
     for (size_t i = out_off + 2 * done; i < out.size(); ++i) clobbered += out[i] != 0xAB;
     CHECK(clobbered == 0);
   }
+  }
+#if defined(__aarch64__)
+  CHECK(kernels == 1);  // NEON is part of every aarch64 CPU
+#endif
+  if (kernels == 0) SUCCEED("no vector kernel on this CPU: nothing to check");
 }
