@@ -5,18 +5,19 @@
 #
 # Env: BUILD (build dir, default build-bench, configured here as a release
 # build), WORK (scratch dir, default /tmp/st-bench; needs ~4x the largest
-# size free), RUNS (repetitions, default 3; the median is reported).
+# size free), RUNS (repetitions, default 5; the median is reported).
 # Prints a Markdown table: wall time (median), throughput in input bytes per
 # second, ratio to the floor, and the peak RSS of each stage (/usr/bin/time).
 # The floor is `cat IN IN > OUT`: it reads the input twice and writes as many
 # bytes as the BF16 output, with no fsync; a second row adds `sync OUT`, as
 # st-pack fsyncs before it renames. Caches are warm (the input was just
-# written); nothing here drops them.
+# written); nothing here drops them. Before each run, untimed, `sync`
+# writes back what the previous run left dirty.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD:-$here/build-bench}
 work=${WORK:-/tmp/st-bench}
-runs=${RUNS:-3}
+runs=${RUNS:-5}
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(1 4)
 
@@ -40,12 +41,14 @@ run_case() {
   local cmd=$1 times=() rss
   for ((r = 0; r < runs; r++)); do
     rm -f "$work"/out.safetensors "$work"/rss.*
+    sync  # untimed: no run pays for the writeback of the one before
     local t0 t1
     t0=$(now)
     bash -c "set -euo pipefail; t() { local n=\$1; shift; $TIME -f %M -o $work/rss.\$n \"\$@\"; }; $cmd"
     t1=$(now)
     times+=("$(calc "$t1 - $t0")")
   done
+  echo "$cmd: ${times[*]}" >>"$work/times.log"  # every run, for a second look at the spread
   rss=""
   for f in $(ls "$work"/rss.* 2>/dev/null | sort); do rss+="$(( $(tail -1 "$f") / 1024 )) "; done
   printf '%s %s\n' "$(printf '%s\n' "${times[@]}" | median)" "$rss"
