@@ -56,7 +56,10 @@ StagingPipe::~StagingPipe() {
   if (w >= 0) ::close(w);
 }
 
-bool StagingPipe::open() {
+bool StagingPipe::ready() {
+  if (r >= 0) return true;
+  if (tried_) return false;
+  tried_ = true;
 #ifdef SPLICE_F_MOVE
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) return false;
@@ -75,7 +78,7 @@ FdSource::FdSource(int fd, std::string name) : fd_(fd), name_(std::move(name)), 
 
 size_t FdSource::splice_some(int fd, const std::string& fd_name, uint64_t offset, size_t n) {
 #ifdef SPLICE_F_MOVE
-  if (splice_ && (stage_.is_open() || stage_.open())) {
+  if (splice_ && stage_.ready()) {
     for (;;) {  // into the staging pipe: only references move, so the writer at the other end never waits on a copy
       const ssize_t r = ::splice(fd_, nullptr, stage_.w, nullptr, n, SPLICE_F_MOVE);
       if (r >= 0) {
@@ -120,24 +123,28 @@ void FdSource::unstage_to_file(int fd, const std::string& fd_name, uint64_t offs
       fail(fd_name + ": write failed: " + errno_text(r < 0 ? errno : EIO));
     }
   }
-  std::vector<uint8_t> buf(n > 0 ? size_t{1} << 16 : 0);
-  while (n > 0) {
-    const ssize_t got = ::read(stage_.r, buf.data(), std::min(n, buf.size()));
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) fail(name_ + ": read failed: " + errno_text(got < 0 ? errno : EIO));
-    const size_t k = static_cast<size_t>(got);
-    for (size_t done = 0; done < k;) {
-      const ssize_t w = ::pwrite(fd, buf.data() + done, k - done, pos);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) fail(fd_name + ": write failed: " + errno_text(w < 0 ? errno : EIO));
-      done += static_cast<size_t>(w);
-      pos += w;
-    }
-    n -= k;
-  }
+  if (n > 0) copy_into_file(stage_.r, fd, fd_name, static_cast<uint64_t>(pos), n);
 #else
   (void)fd, (void)fd_name, (void)offset, (void)n;
 #endif
+}
+
+void copy_into_file(int in, int fd, const std::string& fd_name, uint64_t offset, size_t n) {
+  std::vector<uint8_t> buf(std::min(n, size_t{1} << 16));
+  while (n > 0) {
+    const ssize_t got = ::read(in, buf.data(), std::min(n, buf.size()));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) throw Error("internal: the staging pipe holds less than was put in it");
+    const size_t k = static_cast<size_t>(got);
+    for (size_t done = 0; done < k;) {
+      const ssize_t w = ::pwrite(fd, buf.data() + done, k - done, static_cast<off_t>(offset));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) fail(fd_name + ": write failed: " + errno_text(w < 0 ? errno : EIO));
+      done += static_cast<size_t>(w);
+      offset += static_cast<uint64_t>(w);
+    }
+    n -= k;
+  }
 }
 
 size_t FdSource::read_some(void* buf, size_t n) {
@@ -168,6 +175,7 @@ bool FdSink::splice_from(int fd, const std::string& fd_name, uint64_t offset, si
     if (errno == EINTR) continue;
     if (done == 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) break;  // write() from now on
     if (errno == EPIPE) throw BrokenPipe();
+    if (errno == EIO || errno == EBADF) fail(fd_name + ": read failed: " + errno_text(errno));  // the file's side
     fail(name_ + ": write failed (from " + fd_name + "): " + errno_text(errno));
   }
   if (done == n) return true;

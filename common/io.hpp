@@ -63,11 +63,19 @@ class StagingPipe {
   ~StagingPipe();
   StagingPipe(const StagingPipe&) = delete;
   StagingPipe& operator=(const StagingPipe&) = delete;
-  // Makes the pipe; false if it cannot be made, and then nothing is staged.
-  bool open();
-  bool is_open() const { return r >= 0; }
+  // Makes the pipe at the first call; false if it cannot be made (then
+  // nothing is staged, and it is not tried again).
+  bool ready();
   int r = -1, w = -1;
+
+ private:
+  bool tried_ = false;
 };
+
+// Reads n bytes from `in` (a pipe holding at least that many) and writes
+// them into the regular file `fd` (named `fd_name` in messages) at
+// `offset`: what is staged, for a file that refuses splice.
+void copy_into_file(int in, int fd, const std::string& fd_name, uint64_t offset, size_t n);
 
 // Splices from a pipe (Linux) unless ST_NO_SPLICE is set in the
 // environment (to measure what splicing gives).

@@ -1280,8 +1280,10 @@ namespace {
 // itself as st-pack does. Returns the file's bytes; `pieces` gets, per DATA
 // event, whether the file's bytes at its position hash to Event::hash.
 // With `append` the file is opened O_APPEND, which splice(2) refuses
-// (EINVAL), as a file system without splice support would; the writes land
-// where they should all the same, the data coming in order.
+// (EINVAL), as a file system without splice support would. pwrite() then
+// appends whatever its offset says; the data comes in order from offset 0,
+// so the file is right, but offsets are not checked this way (the copy's
+// own test does that).
 Bytes splice_through_pipe(const Bytes& stream_bytes, std::vector<bool>& pieces, uint64_t& spliced,
                           bool append = false) {
   int p[2];
@@ -1378,6 +1380,36 @@ TEST_CASE("Writer sends data from its file by splice into a pipe: the same strea
   CHECK(stream_through_pipe(changed) == want);
   ::unsetenv("ST_NO_SPLICE");
   ::close(changed.fd);
+}
+
+TEST_CASE("copy_into_file writes what a pipe holds at the given offset, and nothing else", "[stream][splice]") {
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  st::io::grow_pipe(p[1]);
+  const size_t n = ::fcntl(p[1], F_GETPIPE_SZ) >= (1 << 20) ? (64u << 10) * 2 + 1000 : 40000;  // several 64 KiB pieces if it fits
+  Bytes data(n);
+  for (size_t i = 0; i < n; ++i) data[i] = uint8_t(i * 131 + 7);
+  REQUIRE(::write(p[1], data.data(), n) == ssize_t(n));
+  char path[] = "/tmp/st-unit-copy-XXXXXX";
+  const int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  ::unlink(path);
+  const size_t size = n + 20000, at = 5000;
+  const Bytes before(size, 0xEE);
+  REQUIRE(::write(fd, before.data(), size) == ssize_t(size));
+  st::io::copy_into_file(p[0], fd, "copy-target", at, n);
+  Bytes got(size + 1);
+  REQUIRE(::pread(fd, got.data(), got.size(), 0) == ssize_t(size));  // no longer than before
+  got.resize(size);
+  Bytes want = before;
+  std::copy(data.begin(), data.end(), want.begin() + long(at));
+  CHECK(got == want);
+  // asked for more than the pipe holds (its writer closed): refused, not waited for
+  REQUIRE(::write(p[1], data.data(), 10) == 10);
+  ::close(p[1]);
+  CHECK_THROWS_WITH(st::io::copy_into_file(p[0], fd, "copy-target", 0, 11), Catch::Contains("staging pipe"));
+  ::close(p[0]);
+  ::close(fd);
 }
 
 TEST_CASE("Reader splices DATA bytes from a pipe and leaves their check to the caller", "[stream][splice]") {
