@@ -57,7 +57,7 @@ namespace {
 
 enum class Action { Pass, Convert, HoldScale, Drop };
 
-constexpr size_t kConvertPiece = 128u << 10;  // FP8 codes per output DATA frame
+constexpr size_t kConvertPiece = 256u << 10;  // FP8 codes per output DATA frame: one per st-list frame
 
 std::string name_list(const std::vector<std::string>& names) {
   std::string s;
