@@ -44,7 +44,7 @@ size_t lookup_avx2(const uint32_t* table, const uint8_t* in, size_t n, Target t,
 // ordinary code c the result is lo[c & 15] + hi[c >> 4] (mod 2^16). The
 // codes that are not ordinary (the lowest exponent: zeros and subnormals;
 // for E5M2 also the highest: inf and NaN) take special[special_index(c)],
-// E4M3's two NaN codes take nan. made only when that reproduces all 256
+// E4M3's two NaN codes take nan. Made only when that reproduces all 256
 // results exactly (not when a scale makes some overflow, say); then the
 // kernels are table lookups, as the gather is.
 struct NibbleTable {
