@@ -26,6 +26,9 @@ unsigned dtype_bits(Dtype d);
 // FP8 storage types whose tensors are weights to dequantise (F8_E8M0 is a
 // scale type, not a weight type).
 bool is_fp8_weight_dtype(Dtype d);
+// U8 and I8: containers that may hold FP8 bytes (a marker or --u8-as says
+// which FP8 type).
+inline bool is_fp8_container_dtype(Dtype d) { return d == Dtype::U8 || d == Dtype::I8; }
 
 // Checked element count (left-to-right fold from 1, as the reference does) and
 // byte size; nullopt on overflow or a sub-byte total that is not whole bytes.

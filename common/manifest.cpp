@@ -454,7 +454,7 @@ class ManifestHandler {
         size_t weights = 0;
         for (size_t i = 0; i < out_.size(); ++i) {
           const Dtype d = out_.dtype(i);
-          weights += is_fp8_weight_dtype(d) || d == Dtype::U8 || d == Dtype::I8;
+          weights += is_fp8_weight_dtype(d) || is_fp8_container_dtype(d);
         }
         collected_.pairs.reserve(weights);
       }

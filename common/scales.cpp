@@ -366,7 +366,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
   {  // room for a pair per FP8 weight at most (U8/I8 may hold FP8 too)
     size_t most = 0;
     for (const auto& t : tensors)
-      most += is_fp8_weight_dtype(t.dtype) || ((t.dtype == Dtype::U8 || t.dtype == Dtype::I8) && !is_marker_tensor(t));
+      most += is_fp8_weight_dtype(t.dtype) || (is_fp8_container_dtype(t.dtype) && !is_marker_tensor(t));
     mt.pairs.reserve(most);
   }
   auto problem = [&](const char* kind, std::string_view t, std::string detail) {
@@ -412,7 +412,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     const bool comfy_marked = cf != comfy.end() && ends_with(w.name, ".weight");
     const bool comfy_mx_layer = comfy_marked && cf->second == "mxfp8";
     if (comfy_marked && !comfy_mx_layer && !fp8_of_comfy_format(cf->second)) {
-      if (is_fp8_weight_dtype(w.dtype) || w.dtype == Dtype::U8 || w.dtype == Dtype::I8) {
+      if (is_fp8_weight_dtype(w.dtype) || is_fp8_container_dtype(w.dtype)) {
         problem(kUnconverted, w.name, "layer format '" + cf->second + "' is not converted: the layer is left as it is");
         kept_layers.insert(layer);
       }
@@ -421,7 +421,7 @@ Matching match(const stream::Manifest& m, const MarkerData& markers, const Optio
     auto cands = candidates(w.name);
     if (is_fp8_weight_dtype(w.dtype)) {
       format = w.dtype;
-    } else if (w.dtype == Dtype::U8 || w.dtype == Dtype::I8) {
+    } else if (is_fp8_container_dtype(w.dtype)) {
       if (comfy_marked) format = comfy_mx_layer ? Dtype::F8_E4M3 : *fp8_of_comfy_format(cf->second);
       else if (opt.u8_as && !cands.empty()) format = opt.u8_as;
       else if (!cands.empty()) {
@@ -705,7 +705,7 @@ void validate(const stream::Manifest& m, const Matching& mt) {
   for (const auto& p : mt.pairs) {
     const size_t wi = at(p.weight, "weight");
     const TensorView w = m.tensors[wi];
-    const bool container = w.dtype == Dtype::U8 || w.dtype == Dtype::I8;
+    const bool container = is_fp8_container_dtype(w.dtype);
     if (!is_fp8_weight_dtype(p.format) || (!container && w.dtype != p.format))
       fail("stream matching decodes " + q(wi) + " (" + std::string(dtype_name(w.dtype)) + ") as " +
            std::string(dtype_name(p.format)));
