@@ -160,7 +160,7 @@ SafetensorsSource::SafetensorsSource(model_input::ModelInput input, const ListOp
   if (input_.files.size() > 1) drop_repeated_tensors(all, at);  // read_header() refuses them within a file
   const auto problems = model_input::index_problems(
       input_, all.size(), [&](size_t i) { return all.name(i); },
-      [&](size_t i) -> uint32_t { return at.shard.empty() ? 0 : at.shard[i]; });
+      [&](size_t i) { return at.shard_of(i); });
   input_.weight_map.clear();  // needed for the index check only: a million names
   if (!problems.empty() && !opt.lenient_index)
     fail(problems.front() + (problems.size() > 1 ? " (and " + std::to_string(problems.size() - 1) + " more problems)" : ""));
@@ -303,8 +303,7 @@ void SafetensorsSource::keep_only(stream::TensorTable& all, Places& at, const st
       ++k;
       continue;
     }
-    const uint32_t shard = at.shard.empty() ? 0 : at.shard[i];
-    left_out_.emplace_back(std::string(all.name(i)), Place{shard, Span{at.begin[i], at.begin[i] + all.nbytes(i)}});
+    left_out_.emplace_back(std::string(all.name(i)), Place{at.shard_of(i), Span{at.begin[i], at.begin[i] + all.nbytes(i)}});
   }
   for (size_t j = 0; j < kept.size(); ++j) {
     at.begin[j] = at.begin[kept[j]];

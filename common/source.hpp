@@ -81,6 +81,7 @@ class SafetensorsSource {
   struct Places {
     std::vector<uint64_t> begin;
     std::vector<uint16_t> shard;  // empty for one file
+    uint32_t shard_of(size_t i) const { return shard.empty() ? 0 : shard[i]; }
   };
   struct Place {
     uint32_t shard;
@@ -88,7 +89,7 @@ class SafetensorsSource {
   };
   void drop_repeated_tensors(stream::TensorTable& all, Places& at);
   void keep_only(stream::TensorTable& all, Places& at, const std::vector<uint32_t>& kept);
-  uint32_t shard_of(size_t i) const { return at_.shard.empty() ? 0 : at_.shard[i]; }
+  uint32_t shard_of(size_t i) const { return at_.shard_of(i); }
   Span span_of(size_t i) const { return {at_.begin[i], at_.begin[i] + manifest_.tensors.nbytes(i)}; }
 
   model_input::ModelInput input_;
