@@ -89,18 +89,7 @@ size_t FdSource::splice_some(int fd, const std::string& fd_name, uint64_t offset
       if (errno == EINVAL || errno == ENOSYS) break;  // read() from now on
       fail(name_ + ": read failed: " + errno_text(errno));
     }
-  } else if (splice_) {
-    loff_t pos = static_cast<loff_t>(offset);
-    for (;;) {
-      const ssize_t r = ::splice(fd_, nullptr, fd, &pos, n, SPLICE_F_MOVE);
-      if (r >= 0) return static_cast<size_t>(r);
-      if (errno == EINTR) continue;
-      if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) break;  // not for this file system: read() from now on
-      const int err = errno;
-      if (err == ENOSPC || err == EFBIG || err == EDQUOT || err == EIO) fail(fd_name + ": write failed: " + errno_text(err));
-      fail(name_ + ": read failed: " + errno_text(err));
-    }
-  }
+  }  // no staging pipe (no file descriptors left, say): read() from now on
 #else
   (void)fd, (void)fd_name, (void)offset, (void)n;
 #endif

@@ -24,10 +24,11 @@ class Source {
   // Whether splice_some() may move bytes from this source into a file.
   virtual bool can_splice() const { return false; }
   // Moves up to n bytes into the regular file `fd` (named `fd_name` in
-  // messages) at `offset` without
-  // copying them through user space (Linux splice(2) from a pipe); returns
-  // the count, 0 at end of input. When the kernel refuses (a file system
-  // without splice support) it returns 0 and can_splice() becomes false.
+  // messages) at `offset` without copying them through user space (Linux
+  // splice(2) from a pipe); returns the count, 0 at end of input. When the
+  // kernel refuses (a file system without splice support) the bytes already
+  // taken are copied in instead, or none are taken (0), and can_splice()
+  // becomes false: the caller reads the rest.
   virtual size_t splice_some(int fd, const std::string& fd_name, uint64_t offset, size_t n);
 };
 
@@ -64,7 +65,7 @@ class StagingPipe {
   StagingPipe(const StagingPipe&) = delete;
   StagingPipe& operator=(const StagingPipe&) = delete;
   // Makes the pipe at the first call; false if it cannot be made (then
-  // nothing is staged, and it is not tried again).
+  // the input is read instead of spliced, and it is not tried again).
   bool ready();
   int r = -1, w = -1;
 
