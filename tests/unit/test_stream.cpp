@@ -1275,6 +1275,15 @@ TEST_CASE("Writer::data with a known hash writes the same stream as without", "[
 
 namespace {
 
+// An empty temp file, already unlinked (gone when closed).
+int unlinked_temp_file() {
+  char path[] = "/tmp/st-unit-XXXXXX";
+  const int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  ::unlink(path);
+  return fd;
+}
+
 // Reads the test stream from a real pipe with splicing into a temp file
 // (tensor i at the sum of the sizes before it), writing non-spliced bytes
 // itself as st-pack does. Returns the file's bytes; `pieces` gets, per DATA
@@ -1290,10 +1299,7 @@ Bytes splice_through_pipe(const Bytes& stream_bytes, std::vector<bool>& pieces, 
   REQUIRE(::pipe(p) == 0);
   REQUIRE(::write(p[1], stream_bytes.data(), stream_bytes.size()) == ssize_t(stream_bytes.size()));  // fits the pipe
   ::close(p[1]);
-  char path[] = "/tmp/st-unit-splice-XXXXXX";
-  const int fd = ::mkstemp(path);
-  REQUIRE(fd >= 0);
-  ::unlink(path);
+  const int fd = unlinked_temp_file();
   if (append) REQUIRE(::fcntl(fd, F_SETFL, O_APPEND) == 0);
   const std::string name = "splice-target";
   st::io::FdSource src(p[0], "pipe");
@@ -1326,10 +1332,7 @@ DataFile test_data_file(long flip = -1) {
   Bytes all;
   for (const auto& d : test_data(test_manifest())) all.insert(all.end(), d.begin(), d.end());
   if (flip >= 0) all[size_t(flip)] ^= 0x01;
-  char path[] = "/tmp/st-unit-origin-XXXXXX";
-  const int fd = ::mkstemp(path);
-  REQUIRE(fd >= 0);
-  ::unlink(path);
+  const int fd = unlinked_temp_file();
   REQUIRE(::write(fd, all.data(), all.size()) == ssize_t(all.size()));
   return {fd, "origin.safetensors"};
 }
@@ -1390,10 +1393,7 @@ TEST_CASE("copy_into_file writes what a pipe holds at the given offset, and noth
   Bytes data(n);
   for (size_t i = 0; i < n; ++i) data[i] = uint8_t(i * 131 + 7);
   REQUIRE(::write(p[1], data.data(), n) == ssize_t(n));
-  char path[] = "/tmp/st-unit-copy-XXXXXX";
-  const int fd = ::mkstemp(path);
-  REQUIRE(fd >= 0);
-  ::unlink(path);
+  const int fd = unlinked_temp_file();
   const size_t size = n + 20000, at = 5000;
   const Bytes before(size, 0xEE);
   REQUIRE(::write(fd, before.data(), size) == ssize_t(size));
