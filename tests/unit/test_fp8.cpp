@@ -735,51 +735,60 @@ TEST_CASE("nibble tables are made for ordinary scales and refused for any table 
   CHECK_FALSE(simd::make_nibble_table(Dtype::F8_E4M3FNUZ, oracle_results(Dtype::F8_E4M3FNUZ, 1.0f, Target::BF16).data(), nt));
 }
 
+namespace {
+
+// The nibble kernel of vector kernel k (AVX2 or NEON), and how many codes
+// it converts a round.
+size_t run_nibbles(fp8::Kernel k, Dtype d, const st::fp8::simd::NibbleTable& nt, const uint8_t* in, size_t n,
+                   uint8_t* out, uint64_t& nans) {
+  return k == fp8::Kernel::Avx2 ? st::fp8::simd::nibble_avx2(d, nt, in, n, out, nans)
+                                : st::fp8::simd::nibble_neon(d, nt, in, n, out, nans);
+}
+size_t nibble_width(fp8::Kernel k) { return k == fp8::Kernel::Avx2 ? 32 : 16; }
+
+}  // namespace
+
 TEST_CASE("the nibble kernels compute nibble_result for every code, and count NaN codes", "[fp8][kernel]") {
   namespace simd = st::fp8::simd;
   std::mt19937_64 rng(20261201);
   long kernels = 0;
   for (fp8::Kernel k : fp8::available_kernels()) {
-  if (k == fp8::Kernel::Scalar) continue;
-  ++kernels;
-  const size_t width = k == fp8::Kernel::Avx2 ? 32 : 16;
-  for (int trial = 0; trial < 40; ++trial) {
-    const Dtype d = trial % 2 ? Dtype::F8_E5M2 : Dtype::F8_E4M3;
-    const bool e5m2 = d == Dtype::F8_E5M2;
-    simd::NibbleTable nt;  // arbitrary entries: the kernel must not depend on what they are
-    for (auto* t : {nt.lo, nt.hi, nt.special})
-      for (int j = 0; j < 16; ++j) t[j] = uint16_t(rng());
-    nt.nan = uint16_t(rng());
-    const size_t n = 256 * 3 + size_t(rng() % 200), in_off = rng() % 32, out_off = rng() % 32;
-    std::vector<uint8_t> in(in_off + n);
-    for (size_t i = 0; i < n; ++i) in[in_off + i] = uint8_t(i < 768 ? (i * 97 + size_t(trial)) & 0xFF : rng());
-    std::vector<uint8_t> out(out_off + 2 * n, 0xAB);
-    uint64_t nans = 7;  // added to, not set
-    const size_t done = k == fp8::Kernel::Avx2 ? simd::nibble_avx2(d, nt, in.data() + in_off, n, out.data() + out_off, nans)
-                                               : simd::nibble_neon(d, nt, in.data() + in_off, n, out.data() + out_off, nans);
-    INFO(fp8::kernel_name(k) << " " << st::dtype_name(d) << " trial " << trial << " n=" << n);
-    CHECK(done > n - width);
-    CHECK(done % width == 0);
-    long bad = 0;
-    uint64_t want_nans = 7;
-    for (size_t i = 0; i < done; ++i) {
-      const uint8_t c = in[in_off + i];
-      const uint16_t got = uint16_t(out[out_off + 2 * i] | out[out_off + 2 * i + 1] << 8);
-      bad += got != simd::nibble_result(e5m2, nt, c);
-      want_nans += simd::is_nan_code(e5m2, c);
-    }
-    CHECK(bad == 0);
-    CHECK(nans == want_nans);
-    long clobbered = 0;
-    for (size_t i = 0; i < out_off; ++i) clobbered += out[i] != 0xAB;
-    for (size_t i = out_off + 2 * done; i < out.size(); ++i) clobbered += out[i] != 0xAB;
-    CHECK(clobbered == 0);
-  }
-  }
-  // Long runs of NaN codes only: the counts pass through the kernels'
-  // accumulators (NEON's byte counters are added up every 255 rounds).
-  for (fp8::Kernel k : fp8::available_kernels()) {
     if (k == fp8::Kernel::Scalar) continue;
+    ++kernels;
+    const size_t width = nibble_width(k);
+    for (int trial = 0; trial < 40; ++trial) {
+      const Dtype d = trial % 2 ? Dtype::F8_E5M2 : Dtype::F8_E4M3;
+      const bool e5m2 = d == Dtype::F8_E5M2;
+      simd::NibbleTable nt;  // arbitrary entries: the kernel must not depend on what they are
+      for (auto* t : {nt.lo, nt.hi, nt.special})
+        for (int j = 0; j < 16; ++j) t[j] = uint16_t(rng());
+      nt.nan = uint16_t(rng());
+      const size_t n = 256 * 3 + size_t(rng() % 200), in_off = rng() % 32, out_off = rng() % 32;
+      std::vector<uint8_t> in(in_off + n);
+      for (size_t i = 0; i < n; ++i) in[in_off + i] = uint8_t(i < 768 ? (i * 97 + size_t(trial)) & 0xFF : rng());
+      std::vector<uint8_t> out(out_off + 2 * n, 0xAB);
+      uint64_t nans = 7;  // added to, not set
+      const size_t done = run_nibbles(k, d, nt, in.data() + in_off, n, out.data() + out_off, nans);
+      INFO(fp8::kernel_name(k) << " " << st::dtype_name(d) << " trial " << trial << " n=" << n);
+      CHECK(done > n - width);
+      CHECK(done % width == 0);
+      long bad = 0;
+      uint64_t want_nans = 7;
+      for (size_t i = 0; i < done; ++i) {
+        const uint8_t c = in[in_off + i];
+        const uint16_t got = uint16_t(out[out_off + 2 * i] | out[out_off + 2 * i + 1] << 8);
+        bad += got != simd::nibble_result(e5m2, nt, c);
+        want_nans += simd::is_nan_code(e5m2, c);
+      }
+      CHECK(bad == 0);
+      CHECK(nans == want_nans);
+      long clobbered = 0;
+      for (size_t i = 0; i < out_off; ++i) clobbered += out[i] != 0xAB;
+      for (size_t i = out_off + 2 * done; i < out.size(); ++i) clobbered += out[i] != 0xAB;
+      CHECK(clobbered == 0);
+    }
+    // Long runs of NaN codes only: the counts pass through the kernels'
+    // accumulators (NEON's byte counters are added up every 255 rounds).
     for (Dtype d : {Dtype::F8_E4M3, Dtype::F8_E5M2}) {
       const bool e5m2 = d == Dtype::F8_E5M2;
       const uint8_t nan_codes[] = {0x7F, 0xFF, 0x7D, 0x7E, 0xFD, 0xFE};
@@ -789,10 +798,8 @@ TEST_CASE("the nibble kernels compute nibble_result for every code, and count Na
       std::vector<uint8_t> out(2 * n);
       simd::NibbleTable nt{};
       uint64_t nans = 0;
-      const size_t done = k == fp8::Kernel::Avx2 ? simd::nibble_avx2(d, nt, in.data(), n, out.data(), nans)
-                                                 : simd::nibble_neon(d, nt, in.data(), n, out.data(), nans);
+      const size_t done = run_nibbles(k, d, nt, in.data(), n, out.data(), nans);
       INFO(fp8::kernel_name(k) << " " << st::dtype_name(d));
-      const size_t width = k == fp8::Kernel::Avx2 ? 32 : 16;
       CHECK(done == n / width * width);
       CHECK(nans == done);
     }
